@@ -1,0 +1,474 @@
+"""Repository, Delivery, SyncRun: the configuration, what arrived, and what was done about it.
+
+State changes live here as methods (SyncRun.request, SyncRun.claim, ...), so that the webhook view,
+the admin actions, the CLI and the worker all go through the same locked transitions.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import re
+from urllib.parse import urlsplit, urlunsplit
+
+from django.conf import settings
+from django.db import IntegrityError, models, transaction
+from django.db.models import Q, Value
+from django.db.models.functions import Concat
+from django.urls import reverse
+from django.utils import timezone
+
+logger = logging.getLogger(__name__)
+
+SHA_RE = re.compile(r"^[0-9a-f]{7,64}$")
+
+
+def redact_url(url: str) -> str:
+    """A clone URL fit for display: user info (tokens, passwords) replaced by '***'."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "***"
+    if parts.scheme and "@" in parts.netloc:
+        host = parts.netloc.rsplit("@", 1)[1]
+        return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
+    return url
+
+
+class Repository(models.Model):
+    class DeployMode(models.TextChoices):
+        INPLACE = "inplace", "in place (update the directory itself)"
+        ATOMIC = "atomic", "atomic (releases/<commit> + a 'current' symlink)"
+
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(
+        max_length=100, unique=True, help_text="The webhook path: /hooks/<slug>/"
+    )
+    clone_url = models.CharField(
+        max_length=1000,
+        help_text="HTTPS, SSH (git@host:owner/repo.git) or file:// URL. Credentials in an HTTPS "
+        "URL are accepted and never displayed.",
+    )
+    branch = models.CharField(
+        max_length=255, blank=True, help_text="Blank: the remote's default branch."
+    )
+    default_branch = models.CharField(
+        max_length=255,
+        blank=True,
+        editable=False,
+        help_text="The remote's default branch as last learned from a payload or a sync.",
+    )
+    target_dir = models.CharField(max_length=1000, help_text="Absolute path of the checkout.")
+    webhook_secret = models.CharField(max_length=255, blank=True)
+    allow_unsigned = models.BooleanField(
+        default=False,
+        help_text="Accept deliveries without a signature when no secret is set. Unsafe on a "
+        "public server: anyone could trigger syncs.",
+    )
+    post_deploy_command = models.TextField(
+        blank=True, help_text="Run with /bin/sh -c in the deployed directory after each sync."
+    )
+    deploy_mode = models.CharField(
+        max_length=10, choices=DeployMode.choices, default=DeployMode.INPLACE
+    )
+    keep_releases = models.PositiveSmallIntegerField(
+        default=5, help_text="Atomic mode: old releases kept for roll back."
+    )
+    ssh_key_file = models.CharField(
+        max_length=1000, blank=True, help_text="Path of a private deploy key on the worker."
+    )
+    enabled = models.BooleanField(default=True)
+    managed_by_env = models.BooleanField(
+        default=False,
+        editable=False,
+        help_text="Created from GIT_URL / REPO_DIR: those fields follow the environment.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name_plural = "repositories"
+        permissions = [("trigger_deploy", "Can redeploy or roll back a repository")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def display_clone_url(self) -> str:
+        return redact_url(self.clone_url)
+
+    @property
+    def tracked_branch(self) -> str:
+        """The branch pushes must name to be deployed; blank while it is still unknown."""
+        return self.branch or self.default_branch
+
+    @property
+    def effective_allow_unsigned(self) -> bool:
+        return self.allow_unsigned or settings.ALLOW_UNSIGNED_WEBHOOKS
+
+    def webhook_path(self) -> str:
+        if self.slug == "default" and self.managed_by_env:
+            return settings.API_ENDPOINT
+        return reverse("gitdeploy:webhook", args=[self.slug])
+
+    def last_run(self) -> SyncRun | None:
+        return self.sync_runs.order_by("-queued_at", "-pk").first()
+
+    def last_successful_run(self) -> SyncRun | None:
+        return (
+            self.sync_runs.filter(status=SyncRun.Status.SUCCEEDED)
+            .order_by("-finished_at", "-pk")
+            .first()
+        )
+
+    def learn_default_branch(self, branch: str) -> None:
+        if branch and branch != self.default_branch:
+            Repository.objects.filter(pk=self.pk).update(default_branch=branch)
+            self.default_branch = branch
+
+
+class Delivery(models.Model):
+    """One webhook request as received, kept whether it was accepted or not."""
+
+    class Verdict(models.TextChoices):
+        QUEUED = "queued", "queued a sync"
+        JOINED = "joined", "joined a pending sync"
+        IGNORED = "ignored", "ignored"
+        REJECTED = "rejected", "rejected"
+
+    class Signature(models.TextChoices):
+        VALID = "valid", "valid"
+        INVALID = "invalid", "invalid"
+        MISSING = "missing", "missing"
+        UNSIGNED_ALLOWED = "unsigned", "not signed (allowed)"
+        NOT_CHECKED = "not_checked", "not checked"
+
+    repository = models.ForeignKey(Repository, on_delete=models.CASCADE, related_name="deliveries")
+    received_at = models.DateTimeField(default=timezone.now, db_index=True)
+    remote_addr = models.GenericIPAddressField(null=True, blank=True)
+    provider = models.CharField(max_length=20, blank=True)
+    event = models.CharField(max_length=100, blank=True)
+    delivery_id = models.CharField(max_length=200, blank=True, db_index=True)
+    content_type = models.CharField(max_length=200, blank=True)
+    headers = models.JSONField(default=dict)
+    body = models.TextField(blank=True)
+    body_size = models.PositiveBigIntegerField(default=0)
+    body_sha256 = models.CharField(max_length=64, blank=True)
+    body_truncated = models.BooleanField(default=False)
+    ref = models.CharField(max_length=500, blank=True)
+    before = models.CharField(max_length=64, blank=True)
+    after = models.CharField(max_length=64, blank=True)
+    signature = models.CharField(
+        max_length=20, choices=Signature.choices, default=Signature.NOT_CHECKED
+    )
+    verdict = models.CharField(max_length=20, choices=Verdict.choices)
+    reason = models.TextField(blank=True)
+    status_code = models.PositiveSmallIntegerField()
+    sync_run = models.ForeignKey(
+        "SyncRun",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="deliveries",
+    )
+
+    class Meta:
+        ordering = ["-received_at", "-pk"]
+        verbose_name_plural = "deliveries"
+        indexes = [models.Index(fields=["repository", "delivery_id"])]
+
+    def __str__(self) -> str:
+        return f"{self.provider or 'unknown'} {self.event or '?'} {self.delivery_id or self.pk}"
+
+
+class SyncRunQuerySet(models.QuerySet):
+    def active(self):
+        return self.filter(status__in=[SyncRun.Status.QUEUED, SyncRun.Status.RUNNING])
+
+    def lease_expired(self, now: datetime.datetime | None = None):
+        return self.filter(status=SyncRun.Status.RUNNING, lease_expires_at__lt=now or timezone.now())
+
+
+class SyncRun(models.Model):
+    """One attempt to bring a repository's target directory to the branch tip or a chosen commit.
+
+    History: once finished it is never edited; a redeploy, a roll back or a retry is a new SyncRun.
+    The database allows at most one queued and one running run per repository (partial unique
+    constraints), which is what coalesces a burst of pushes into two or three syncs.
+    """
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "queued"
+        RUNNING = "running", "running"
+        SUCCEEDED = "succeeded", "succeeded"
+        FAILED = "failed", "failed"
+        SUPERSEDED = "superseded", "superseded"
+
+    class Trigger(models.TextChoices):
+        WEBHOOK = "webhook", "webhook"
+        ADMIN = "admin", "admin"
+        CLI = "cli", "command line"
+        RETRY = "retry", "retry"
+
+    FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.SUPERSEDED)
+
+    repository = models.ForeignKey(Repository, on_delete=models.CASCADE, related_name="sync_runs")
+    trigger = models.CharField(max_length=20, choices=Trigger.choices)
+    triggered_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    triggered_by_label = models.CharField(
+        max_length=200, blank=True, help_text="Who asked: a user, or the pusher named by the host."
+    )
+    status = models.CharField(
+        max_length=20, choices=Status.choices, default=Status.QUEUED, db_index=True
+    )
+    branch = models.CharField(max_length=255, blank=True)
+    requested_commit = models.CharField(
+        max_length=64,
+        blank=True,
+        help_text="The commit named by the request (the push's 'after', or the roll back target).",
+    )
+    pin_commit = models.BooleanField(
+        default=False,
+        help_text="Deploy exactly requested_commit (roll back, sync --commit) instead of the tip.",
+    )
+    previous_commit = models.CharField(max_length=64, blank=True)
+    deployed_commit = models.CharField(max_length=64, blank=True)
+    queued_at = models.DateTimeField(default=timezone.now, db_index=True)
+    run_after = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    attempt = models.PositiveSmallIntegerField(default=1)
+    retry_of = models.ForeignKey(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="retries"
+    )
+    superseded_by = models.ForeignKey(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="superseded_runs"
+    )
+    worker_id = models.CharField(max_length=100, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    log = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    post_deploy_exit_code = models.IntegerField(null=True, blank=True)
+
+    objects = SyncRunQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-queued_at", "-pk"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["repository"],
+                condition=Q(status="queued"),
+                name="one_queued_run_per_repository",
+            ),
+            models.UniqueConstraint(
+                fields=["repository"],
+                condition=Q(status="running"),
+                name="one_running_run_per_repository",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.repository} {self.status}"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINISHED
+
+    @property
+    def duration(self) -> datetime.timedelta | None:
+        if self.started_at and self.finished_at:
+            return self.finished_at - self.started_at
+        return None
+
+    # --- requesting ------------------------------------------------------------------------------
+
+    @classmethod
+    def request(
+        cls,
+        repository: Repository,
+        *,
+        trigger: str,
+        commit: str = "",
+        pin_commit: bool = False,
+        user=None,
+        label: str = "",
+        run_after: datetime.datetime | None = None,
+        retry_of: SyncRun | None = None,
+    ) -> tuple[SyncRun, bool]:
+        """Ask for a sync. Returns (run, joined): joined is True when the request was folded into a
+        run that was already queued. Never creates a second queued run for a repository.
+
+        A tip request joins a queued tip request (the worker fetches the tip when it starts, so the
+        queued run covers this push too). A pinned commit (roll back) replaces whatever is queued,
+        and so does a tip request arriving after a queued roll back: the newest intent wins, and
+        the replaced run is kept as 'superseded'.
+        """
+        with transaction.atomic():
+            # Serialises requests for one repository across web processes and workers.
+            Repository.objects.select_for_update().filter(pk=repository.pk).first()
+            queued = cls.objects.filter(repository=repository, status=cls.Status.QUEUED).first()
+            if queued is not None and not pin_commit and not queued.pin_commit:
+                fields = []
+                if commit and commit != queued.requested_commit:
+                    queued.requested_commit = commit
+                    fields.append("requested_commit")
+                if fields:
+                    queued.save(update_fields=fields)
+                return queued, True
+            if queued is not None:
+                queued.status = cls.Status.SUPERSEDED
+                queued.finished_at = timezone.now()
+                queued.save(update_fields=["status", "finished_at"])
+            run = cls.objects.create(
+                repository=repository,
+                trigger=trigger,
+                triggered_by=user if getattr(user, "pk", None) else None,
+                triggered_by_label=label or (user.get_username() if user is not None else ""),
+                branch=repository.tracked_branch,
+                requested_commit=commit,
+                pin_commit=pin_commit,
+                run_after=run_after,
+                attempt=(retry_of.attempt + 1) if retry_of else 1,
+                retry_of=retry_of,
+            )
+            if queued is not None:
+                queued.superseded_by = run
+                queued.save(update_fields=["superseded_by"])
+                queued.deliveries.update(sync_run=run)
+            transaction.on_commit(run.enqueue)
+        return run, False
+
+    def enqueue(self) -> None:
+        from gitdeploy.tasks import run_sync
+
+        task = run_sync
+        if self.run_after:
+            task = run_sync.using(run_after=self.run_after)
+        task.enqueue(self.pk)
+
+    # --- the worker's side -----------------------------------------------------------------------
+
+    def claim(self, worker_id: str) -> bool:
+        """queued → running for this worker, with a fresh lease. False if someone else got it, it
+        was superseded, or another run of the repository is still running."""
+        now = timezone.now()
+        try:
+            with transaction.atomic():
+                claimed = SyncRun.objects.filter(pk=self.pk, status=self.Status.QUEUED).update(
+                    status=self.Status.RUNNING,
+                    worker_id=worker_id,
+                    started_at=now,
+                    lease_expires_at=now + lease_duration(),
+                )
+        except IntegrityError:
+            return False
+        if claimed:
+            self.refresh_from_db()
+        return bool(claimed)
+
+    def renew_lease(self) -> bool:
+        """Extends the lease; False if the run is no longer ours (recovered as lost)."""
+        return bool(
+            SyncRun.objects.filter(
+                pk=self.pk, status=self.Status.RUNNING, worker_id=self.worker_id
+            ).update(lease_expires_at=timezone.now() + lease_duration())
+        )
+
+    def finish(
+        self,
+        *,
+        succeeded: bool,
+        log: str,
+        error: str = "",
+        previous_commit: str = "",
+        deployed_commit: str = "",
+        post_deploy_exit_code: int | None = None,
+    ) -> bool:
+        """running → succeeded/failed, written only if this worker still owns the run."""
+        status = self.Status.SUCCEEDED if succeeded else self.Status.FAILED
+        updated = SyncRun.objects.filter(
+            pk=self.pk, status=self.Status.RUNNING, worker_id=self.worker_id
+        ).update(
+            status=status,
+            finished_at=timezone.now(),
+            lease_expires_at=None,
+            log=log,
+            error=error,
+            previous_commit=previous_commit,
+            deployed_commit=deployed_commit,
+            post_deploy_exit_code=post_deploy_exit_code,
+        )
+        if updated:
+            self.refresh_from_db()
+        return bool(updated)
+
+    def mark_lost(self) -> SyncRun | None:
+        """A running run whose worker died: failed with "worker lost", and a fresh run queued (or
+        the queued one kept) so the repository still reaches the tip. Returns the follow-up run."""
+        with transaction.atomic():
+            updated = SyncRun.objects.filter(pk=self.pk, status=self.Status.RUNNING).update(
+                status=self.Status.FAILED,
+                finished_at=timezone.now(),
+                lease_expires_at=None,
+                error="worker lost",
+                log=Concat(
+                    "log", Value(f"\nworker lost: {self.worker_id} stopped renewing its lease\n")
+                ),
+            )
+            if not updated:
+                return None
+            follow_up, _ = SyncRun.request(
+                self.repository,
+                trigger=SyncRun.Trigger.RETRY,
+                commit=self.requested_commit,
+                pin_commit=self.pin_commit,
+                label="recovery after worker lost",
+                retry_of=self,
+            )
+        logger.warning("SyncRun %s: worker %s lost; queued %s", self.pk, self.worker_id, follow_up.pk)
+        return follow_up
+
+    @classmethod
+    def recover_lost(cls) -> list[SyncRun]:
+        """Called by every worker on every poll: nothing stays 'running' after a kill -9."""
+        follow_ups = []
+        for run in cls.objects.lease_expired().select_related("repository"):
+            follow_up = run.mark_lost()
+            if follow_up is not None:
+                follow_ups.append(follow_up)
+        return follow_ups
+
+
+def lease_duration() -> datetime.timedelta:
+    return datetime.timedelta(seconds=settings.SYNC_LEASE_SECONDS)
+
+
+class WorkerHeartbeat(models.Model):
+    """Last sign of life of each worker process, for /api/ready."""
+
+    worker_id = models.CharField(max_length=100, unique=True)
+    hostname = models.CharField(max_length=255, blank=True)
+    pid = models.PositiveIntegerField(null=True)
+    started_at = models.DateTimeField(default=timezone.now)
+    seen_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    def __str__(self) -> str:
+        return f"{self.worker_id} ({self.hostname}:{self.pid})"
+
+    @classmethod
+    def beat(cls, worker_id: str, hostname: str, pid: int) -> None:
+        cls.objects.update_or_create(
+            worker_id=worker_id,
+            defaults={"hostname": hostname, "pid": pid, "seen_at": timezone.now()},
+        )
+
+    @classmethod
+    def latest(cls) -> WorkerHeartbeat | None:
+        return cls.objects.order_by("-seen_at").first()

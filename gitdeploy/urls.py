@@ -1,0 +1,12 @@
+from django.urls import path
+
+from gitdeploy import pages, views
+
+app_name = "gitdeploy"
+
+urlpatterns = [
+    path("", pages.landing, name="landing"),
+    path("api/health", pages.health, name="health"),
+    path("api/ready", pages.ready, name="ready"),
+    path("hooks/<slug:slug>/", views.webhook, name="webhook"),
+]

@@ -1,0 +1,272 @@
+"""Settings for gitdeploy, read from the environment (12-factor).
+
+Every variable is listed with its default in README.md. The seed app's names (GIT_URL, REPO_DIR,
+API_ENDPOINT, VERSION, TITLE, DESCRIPTION, CONTACT_*) keep their meaning and defaults.
+"""
+
+import os
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+TRUE_SPELLINGS = {"true", "1", "yes", "on"}
+FALSE_SPELLINGS = {"false", "0", "no", "off", ""}
+
+
+def env_str(name: str, default: str = "") -> str:
+    """A string variable; NAME_FILE (Docker/compose secrets) wins over NAME when it is set."""
+    file_path = os.environ.get(f"{name}_FILE", "")
+    if file_path:
+        try:
+            return Path(file_path).read_text().strip()
+        except OSError as exc:
+            raise ImproperlyConfigured(f"{name}_FILE={file_path!r} cannot be read: {exc}") from exc
+    return os.environ.get(name, default)
+
+
+def env_bool(name: str, default: bool) -> bool:
+    """A boolean variable. Anything but a true/false spelling stops start-up, because a typo such as
+    ALLOW_UNSIGNED_WEBHOOKS=ture silently meaning "false" (or "true") is how servers get exposed."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in TRUE_SPELLINGS:
+        return True
+    if value in FALSE_SPELLINGS:
+        return False if value else default
+    raise ImproperlyConfigured(f"{name}={raw!r} is not a boolean: use true or false")
+
+
+def env_int(name: str, default: int, minimum: int = 0) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a whole number") from None
+    if value < minimum:
+        raise ImproperlyConfigured(f"{name}={raw!r} must be at least {minimum}")
+    return value
+
+
+def env_float(name: str, default: float, minimum: float = 0.0) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a number") from None
+    if value < minimum:
+        raise ImproperlyConfigured(f"{name}={raw!r} must be at least {minimum}")
+    return value
+
+
+def env_list(name: str, default: str = "") -> list[str]:
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+DEBUG = env_bool("DEBUG", False)
+
+SECRET_KEY = env_str("SECRET_KEY")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "SECRET_KEY (or SECRET_KEY_FILE) must be set when DEBUG is false. "
+            "`make run` creates one in data/secret_key for you."
+        )
+    SECRET_KEY = "insecure-development-only-key"  # noqa: S105 - only reachable with DEBUG=true
+
+DATA_DIR = Path(os.environ.get("DATA_DIR") or BASE_DIR / "data")
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "*")
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
+
+# HTTPS=true when a TLS proxy (the compose stack's caddy profile) sits in front: cookies become
+# Secure, HSTS is sent and plain HTTP is redirected, except for the health probes, which the container
+# runtime sends over plain HTTP from inside.
+HTTPS = env_bool("HTTPS", False)
+if HTTPS:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    SECURE_REDIRECT_EXEMPT = [r"^api/health$", r"^api/ready$"]
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+    SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+
+INSTALLED_APPS = [
+    # gitdeploy comes first so that its `db_worker` command (django-tasks-db's worker plus our
+    # heartbeat and lost-run recovery) is the one `manage.py db_worker` runs.
+    "gitdeploy.apps.GitdeployConfig",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "django_tasks",
+    "django_tasks_db",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "project.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "gitdeploy.context_processors.site",
+            ],
+        },
+    },
+]
+
+WSGI_APPLICATION = "project.wsgi.application"
+
+# --- Database -------------------------------------------------------------------------------------
+# Default: an embedded SQLite file, shared by the web server and the worker. WAL lets readers work
+# while the worker writes; IMMEDIATE transactions plus a busy timeout make writers wait for each
+# other instead of failing with "database is locked".
+SQLITE_PATH = DATA_DIR / "gitdeploy.sqlite3"
+DATABASE_URL = os.environ.get("DATABASE_URL", "").strip() or f"sqlite:///{SQLITE_PATH}"
+DATABASES = {"default": environ.Env.db_url_config(DATABASE_URL)}
+_db = DATABASES["default"]
+if _db["ENGINE"] == "django.db.backends.sqlite3":
+    # The embedded database needs its directory; creating it is what makes `make run` one step.
+    Path(_db["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+    _db.setdefault("OPTIONS", {}).update(
+        {
+            "timeout": 30,
+            "transaction_mode": "IMMEDIATE",
+            "init_command": (
+                "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=30000;"
+            ),
+        }
+    )
+    # Tests that start a worker subprocess need a database file both processes can open.
+    _db.setdefault("TEST", {})["NAME"] = str(Path(_db["NAME"]).with_name("test_gitdeploy.sqlite3"))
+elif _db["ENGINE"] == "django.db.backends.postgresql":
+    _db.setdefault("CONN_MAX_AGE", env_int("CONN_MAX_AGE", 60))
+    _db["CONN_HEALTH_CHECKS"] = True
+    _db.setdefault("OPTIONS", {}).setdefault("connect_timeout", env_int("DB_CONNECT_TIMEOUT", 5))
+    _db["OPTIONS"].setdefault("application_name", os.environ.get("GITDEPLOY_PROCESS", "gitdeploy"))
+    _db.setdefault("TEST", {})["NAME"] = os.environ.get("TEST_DATABASE_NAME", "test_gitdeploy")
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = os.environ.get("TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = Path(os.environ.get("STATIC_ROOT") or BASE_DIR / "staticfiles")
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": (
+            "whitenoise.storage.CompressedManifestStaticFilesStorage"
+            if not DEBUG and STATIC_ROOT.joinpath("staticfiles.json").exists()
+            else "django.contrib.staticfiles.storage.StaticFilesStorage"
+        )
+    },
+}
+# Without collectstatic (make run, tests), whitenoise serves straight from the apps' static dirs.
+WHITENOISE_USE_FINDERS = not STATIC_ROOT.joinpath("staticfiles.json").exists()
+
+# --- The queue ------------------------------------------------------------------------------------
+GITDEPLOY_QUEUE = "gitdeploy"
+TASKS = {
+    "default": {
+        "BACKEND": "django_tasks_db.DatabaseBackend",
+        "QUEUES": [GITDEPLOY_QUEUE],
+    }
+}
+
+# --- The seed app's variables ---------------------------------------------------------------------
+GIT_URL = env_str("GIT_URL")
+REPO_DIR = os.environ.get("REPO_DIR", "")
+API_ENDPOINT = os.environ.get("API_ENDPOINT", "/api/webhook")
+if not API_ENDPOINT.startswith("/"):
+    raise ImproperlyConfigured(f"API_ENDPOINT={API_ENDPOINT!r} must start with /")
+VERSION = os.environ.get("VERSION", "0.0.1")
+TITLE = os.environ.get("TITLE", "Update from Git")
+DESCRIPTION = os.environ.get(
+    "DESCRIPTION", "Keeps a directory on this server at the tip of a Git branch."
+)
+CONTACT_NAME = os.environ.get("CONTACT_NAME", "")
+CONTACT_URL = os.environ.get("CONTACT_URL", "")
+CONTACT_EMAIL = os.environ.get("CONTACT_EMAIL", "")
+
+# --- The repository configured by the environment, and sync behaviour ----------------------------
+GIT_BRANCH = os.environ.get("GIT_BRANCH", "")
+WEBHOOK_SECRET = env_str("WEBHOOK_SECRET")
+ALLOW_UNSIGNED_WEBHOOKS = env_bool("ALLOW_UNSIGNED_WEBHOOKS", False)
+POST_DEPLOY_COMMAND = os.environ.get("POST_DEPLOY_COMMAND", "")
+POST_DEPLOY_TIMEOUT = env_float("POST_DEPLOY_TIMEOUT", 600.0, minimum=1)
+DEPLOY_MODE = os.environ.get("DEPLOY_MODE", "inplace")
+if DEPLOY_MODE not in {"inplace", "atomic"}:
+    raise ImproperlyConfigured(f"DEPLOY_MODE={DEPLOY_MODE!r}: use inplace or atomic")
+KEEP_RELEASES = env_int("KEEP_RELEASES", 5, minimum=1)
+GIT_DEPTH = env_int("GIT_DEPTH", 0)
+GIT_FILTER = os.environ.get("GIT_FILTER", "")
+CLEAN_UNTRACKED = env_bool("CLEAN_UNTRACKED", False)
+GIT_TIMEOUT = env_float("GIT_TIMEOUT", 600.0, minimum=1)
+SYNC_RETRIES = env_int("SYNC_RETRIES", 3)
+SYNC_RETRY_BACKOFF = env_float("SYNC_RETRY_BACKOFF", 5.0)
+GIT_TOKEN = env_str("GIT_TOKEN")
+GIT_SSH_KEY_FILE = os.environ.get("GIT_SSH_KEY_FILE", "")
+GIT_SSH_KNOWN_HOSTS_FILE = os.environ.get("GIT_SSH_KNOWN_HOSTS_FILE", "")
+MAX_WEBHOOK_BYTES = env_int("MAX_WEBHOOK_BYTES", 26214400, minimum=1)
+# Django refuses bodies over DATA_UPLOAD_MAX_MEMORY_SIZE when form fields are read (GitHub's
+# form-encoded deliveries); our own cap is the one that decides.
+DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_WEBHOOK_BYTES + 1024
+
+# The worker renews its lease on a running SyncRun every LEASE_SECONDS / 3; a run whose lease has
+# expired belongs to a worker that died and is recovered by any other worker.
+SYNC_LEASE_SECONDS = env_float("SYNC_LEASE_SECONDS", 30.0, minimum=1)
+LOCK_DIR = Path(os.environ.get("LOCK_DIR") or DATA_DIR / "locks")
+# How long /api/ready accepts since the last worker heartbeat.
+WORKER_HEARTBEAT_MAX_AGE = env_float("WORKER_HEARTBEAT_MAX_AGE", 60.0, minimum=1)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "INFO"}},
+}
