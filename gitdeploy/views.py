@@ -1,9 +1,106 @@
-"""The webhook endpoint (filled in next)."""
+"""The webhook endpoint: read the request, make one call, answer JSON.
 
+Status codes are chosen for the Git host's delivery log: 2xx only when the delivery is recorded,
+4xx when retrying cannot help, 503 when it can (the database was unreachable: redeliver later).
+"""
+
+import logging
+
+from django.conf import settings
+from django.db import DatabaseError
 from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from gitdeploy.models import Delivery, IncomingWebhook, Repository, receive_webhook
+
+logger = logging.getLogger(__name__)
+
+READ_CHUNK = 64 * 1024
+
+
+class BodyTooLarge(Exception):
+    def __init__(self, size: int):
+        self.size = size
+
+
+def read_capped_body(request, limit: int) -> bytes:
+    """The raw body, refused from Content-Length before reading and enforced while reading (a
+    chunked request has no Content-Length to trust)."""
+    declared = request.META.get("CONTENT_LENGTH") or ""
+    if declared.strip().isdigit() and int(declared) > limit:
+        raise BodyTooLarge(int(declared))
+    chunks, total = [], 0
+    while True:
+        chunk = request.read(READ_CHUNK)
+        if not chunk:
+            break
+        total += len(chunk)
+        if total > limit:
+            raise BodyTooLarge(total)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _json(status: int, payload: dict, **kwargs) -> JsonResponse:
+    return JsonResponse(payload, status=status, **kwargs)
+
 
 @csrf_exempt
-def webhook(request, slug, env_only=False):
-    return JsonResponse({"status": "not implemented"}, status=501)
+def webhook(request, slug: str, env_only: bool = False):
+    if request.method != "POST":
+        response = _json(405, {"status": "error", "reason": "webhooks are delivered with POST"})
+        response["Allow"] = "POST"
+        return response
+
+    try:
+        repository = Repository.objects.filter(slug=slug).first()
+    except DatabaseError:
+        logger.exception("Database unreachable while receiving a webhook for %r", slug)
+        return _database_unavailable()
+    # API_ENDPOINT serves only the repository configured by the environment.
+    if repository is None or (env_only and not repository.managed_by_env):
+        return _json(404, {"status": "error", "reason": f"no repository {slug!r}"})
+
+    declared_size = None
+    try:
+        body = read_capped_body(request, settings.MAX_WEBHOOK_BYTES)
+    except BodyTooLarge as exc:
+        body, declared_size = b"", exc.size
+
+    incoming = IncomingWebhook(
+        headers=request.headers,
+        body=body,
+        content_type=request.META.get("CONTENT_TYPE", ""),
+        remote_addr=request.META.get("REMOTE_ADDR") or None,
+        declared_size=declared_size,
+    )
+    try:
+        delivery = receive_webhook(repository, incoming)
+    except DatabaseError:
+        logger.exception("Database unreachable while recording a delivery for %r", slug)
+        return _database_unavailable()
+
+    payload = {"delivery": delivery.pk, "reason": delivery.reason}
+    if delivery.verdict in (Delivery.Verdict.QUEUED, Delivery.Verdict.JOINED):
+        payload.update(
+            status="queued" if delivery.status_code == 202 else "duplicate",
+            sync_run=delivery.sync_run_id,
+            joined=delivery.joined,
+        )
+    elif delivery.verdict == Delivery.Verdict.IGNORED:
+        payload["status"] = "ignored"
+    else:
+        payload["status"] = "rejected"
+    return _json(delivery.status_code, payload)
+
+
+def _database_unavailable() -> JsonResponse:
+    response = _json(
+        503,
+        {
+            "status": "error",
+            "reason": "the database is unavailable; nothing was recorded, redeliver later",
+        },
+    )
+    response["Retry-After"] = "30"
+    return response

@@ -88,8 +88,8 @@ ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "*")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 
 # HTTPS=true when a TLS proxy (the compose stack's caddy profile) sits in front: cookies become
-# Secure, HSTS is sent and plain HTTP is redirected, except for the health probes, which the container
-# runtime sends over plain HTTP from inside.
+# Secure, HSTS is sent and plain HTTP is redirected, except for the health probes, which the
+# container runtime sends over plain HTTP from inside.
 HTTPS = env_bool("HTTPS", False)
 if HTTPS:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
