@@ -1,0 +1,86 @@
+# gitdeploy: `make run` and `make test` are the whole set-up on a fresh machine (Python 3.11+).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8880
+WEB_CONCURRENCY ?= 2
+# `make run` keeps a generated key in data/secret_key unless SECRET_KEY(_FILE) is given.
+ifeq ($(SECRET_KEY)$(SECRET_KEY_FILE),)
+export SECRET_KEY_FILE := $(CURDIR)/data/secret_key
+endif
+
+.PHONY: help install install-test run web worker migrate test lint check-migrations check-deploy ci bench clean
+
+help:
+	@echo "make run      install, migrate and serve on http://$(HOST):$(PORT) with a worker (SQLite by default)"
+	@echo "make test     run the test suite (DATABASE_URL=postgres://... for PostgreSQL)"
+	@echo "make lint     ruff; make check-migrations; make check-deploy; make ci (what .ci/run does)"
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "Python 3.11 or newer is needed ($(PYTHON) is $$($(PYTHON) --version))"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Stamp files: reinstall only when a requirements file changes.
+$(VENV)/.installed-base: requirements/base.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements/base.txt
+	@touch $@
+
+$(VENV)/.installed-test: requirements/base.txt requirements/test.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements/test.txt
+	@touch $@ $(VENV)/.installed-base
+
+install: $(VENV)/.installed-base
+install-test: $(VENV)/.installed-test
+
+data/secret_key:
+	@mkdir -p data
+	@umask 077 && $(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(50))' > $@
+	@echo "Created data/secret_key (keep it; sessions are signed with it)"
+
+migrate: install data/secret_key
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py ensure_superuser
+
+# Web (gunicorn, as in production) and worker side by side; Ctrl-C stops both. The worker finishes
+# the sync it is running before it exits.
+run: migrate
+	@echo "gitdeploy on http://$(HOST):$(PORT)/  (admin: /admin/, webhook: /hooks/<slug>/ or $${API_ENDPOINT:-/api/webhook})"
+	@trap 'kill -TERM $$web $$worker 2>/dev/null; wait' INT TERM; \
+	$(BIN)/python manage.py db_worker --no-reload & worker=$$!; \
+	$(BIN)/gunicorn project.wsgi:application --bind $(HOST):$(PORT) --workers $(WEB_CONCURRENCY) \
+		--access-logfile - & web=$$!; \
+	wait -n $$web $$worker; status=$$?; kill -TERM $$web $$worker 2>/dev/null; wait; exit $$status
+
+web: migrate
+	$(BIN)/gunicorn project.wsgi:application --bind $(HOST):$(PORT) --workers $(WEB_CONCURRENCY) --access-logfile -
+
+worker: migrate
+	$(BIN)/python manage.py db_worker --no-reload
+
+test: install-test
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: install-test
+	$(BIN)/ruff check .
+
+check-migrations: install-test
+	DEBUG=true $(BIN)/python manage.py makemigrations --check --dry-run
+
+# Production-like settings: DEBUG off, HTTPS behind the proxy, a real secret key.
+check-deploy: install-test
+	DEBUG=false HTTPS=true ALLOWED_HOSTS=deploy.example.com WEBHOOK_SECRET=check-deploy \
+	SECRET_KEY_FILE= SECRET_KEY="$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(50))')" \
+		$(BIN)/python manage.py check --deploy --fail-level WARNING
+
+bench: install-test
+	$(BIN)/python bench/run.py
+
+ci:
+	bash .ci/run
+
+clean:
+	rm -rf $(VENV) staticfiles test-output .pytest_cache .ruff_cache
