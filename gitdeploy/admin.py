@@ -1,0 +1,852 @@
+"""The admin: an audit view of deliveries and sync runs, the repositories' configuration, and the
+redeploy / roll back actions.
+
+History (deliveries, runs, heartbeats) is read-only. Redeploy and roll back never edit a run: they
+call SyncRun.request(), which queues a new run (or joins the queued one). They need the
+`gitdeploy.trigger_deploy` permission, checked again on every POST, not only when drawing a button.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from urllib.parse import parse_qs
+
+from django import forms
+from django.conf import settings
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.db.models import OuterRef, Subquery
+from django.http import HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+from django.views.decorators.http import require_POST
+
+from gitdeploy.environment import ENV_FIELDS
+from gitdeploy.models import Delivery, Repository, SyncRun, WorkerHeartbeat
+from gitdeploy.templatetags.gitdeploy_extras import commit_html, short_sha, status_badge
+
+TRIGGER_PERMISSION = "gitdeploy.trigger_deploy"
+SECRET_MASK = "••••••••"  # noqa: S105 - a mask, not a password
+
+
+def can_trigger(request) -> bool:
+    return request.user.is_active and request.user.has_perm(TRIGGER_PERMISSION)
+
+
+def latest_provider(repository_ref):
+    """Subquery: the provider of the repository's newest delivery (tells a self-hosted GitLab from a
+    Gitea when drawing commit links)."""
+    return Subquery(
+        Delivery.objects.filter(repository=repository_ref)
+        .exclude(provider="")
+        .order_by("-received_at", "-pk")
+        .values("provider")[:1]
+    )
+
+
+def provider_of(repository: Repository) -> str:
+    return (
+        repository.deliveries.exclude(provider="")
+        .order_by("-received_at", "-pk")
+        .values_list("provider", flat=True)
+        .first()
+        or ""
+    )
+
+
+def admin_url(obj, action: str = "change") -> str:
+    opts = obj._meta
+    return reverse(f"admin:{opts.app_label}_{opts.model_name}_{action}", args=[obj.pk])
+
+
+def format_duration(delta) -> str:
+    if delta is None:
+        return "—"
+    seconds = delta.total_seconds()
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, seconds = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
+
+
+def pretty_text(raw: str) -> str:
+    """A JSON body indented (GitHub's form-encoded `payload=` unwrapped first), else as is."""
+    text = raw or ""
+    candidate = text
+    if not text.lstrip().startswith(("{", "[")):
+        payload = parse_qs(text, keep_blank_values=True).get("payload")
+        if payload:
+            candidate = payload[0]
+    try:
+        return json.dumps(json.loads(candidate), indent=2, ensure_ascii=False, sort_keys=False)
+    except ValueError:
+        return text
+
+
+def run_commits_html(run: SyncRun, provider: str = ""):
+    clone_url = run.repository.clone_url
+    previous = commit_html(clone_url, run.previous_commit, provider)
+    deployed = commit_html(clone_url, run.deployed_commit, provider)
+    if not run.deployed_commit and run.requested_commit:
+        requested = commit_html(clone_url, run.requested_commit, provider)
+        label = "pinned" if run.pin_commit else "requested"
+        return format_html("{} → <em>{}</em> {}", previous, label, requested)
+    return format_html("{} → {}", previous, deployed)
+
+
+def queued_message(run: SyncRun, joined: bool) -> str:
+    if joined:
+        return f"'{run.repository}' already had a queued sync: joined the queued run #{run.pk}."
+    if run.pin_commit:
+        return (
+            f"Queued sync run #{run.pk} for '{run.repository}': "
+            f"roll back to {short_sha(run.requested_commit)}."
+        )
+    return f"Queued sync run #{run.pk} for '{run.repository}'."
+
+
+class TriggerMixin:
+    """Redeploy / roll back, shared by the repository, run and delivery admins."""
+
+    def has_trigger_deploy_permission(self, request) -> bool:
+        return can_trigger(request)
+
+    def _redeploy(self, request, repository: Repository) -> SyncRun | None:
+        if not can_trigger(request):
+            raise PermissionDenied
+        if not repository.enabled:
+            self.message_user(
+                request,
+                f"'{repository}' is disabled: enable it before redeploying.",
+                messages.ERROR,
+            )
+            return None
+        run, joined = SyncRun.request(repository, trigger=SyncRun.Trigger.ADMIN, user=request.user)
+        self.message_user(request, queued_message(run, joined), messages.SUCCESS)
+        return run
+
+    def _rollback(self, request, run: SyncRun) -> SyncRun | None:
+        if not can_trigger(request):
+            raise PermissionDenied
+        if run.status != SyncRun.Status.SUCCEEDED or not run.deployed_commit:
+            self.message_user(
+                request,
+                f"Run #{run.pk} did not deploy a commit: "
+                "only a succeeded run can be rolled back to.",
+                messages.ERROR,
+            )
+            return None
+        if not run.repository.enabled:
+            self.message_user(
+                request,
+                f"'{run.repository}' is disabled: enable it before rolling back.",
+                messages.ERROR,
+            )
+            return None
+        new_run, joined = SyncRun.request(
+            run.repository,
+            trigger=SyncRun.Trigger.ADMIN,
+            commit=run.deployed_commit,
+            pin_commit=True,
+            user=request.user,
+        )
+        self.message_user(request, queued_message(new_run, joined), messages.SUCCESS)
+        return new_run
+
+    def _after_trigger(self, request, new_run: SyncRun | None, fallback: str):
+        return HttpResponseRedirect(admin_url(new_run) if new_run else fallback)
+
+
+# --- Repositories ---------------------------------------------------------------------------------
+
+
+class RepositoryForm(forms.ModelForm):
+    """The webhook secret is write-only: the stored value is never put into the page. A clone URL
+    with credentials is shown redacted (https://***@host/...) and kept as stored unless replaced."""
+
+    new_webhook_secret = forms.CharField(
+        label="Replace the webhook secret",
+        required=False,
+        strip=True,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text="Leave blank to keep the current secret.",
+    )
+    generate_secret = forms.BooleanField(
+        label="Generate a new secret",
+        required=False,
+        help_text="Sets a random secret and shows it once, to paste into the Git host.",
+    )
+    remove_secret = forms.BooleanField(
+        label="Remove the secret",
+        required=False,
+        help_text="Without a secret every delivery is refused, unless unsigned deliveries are "
+        "allowed.",
+    )
+
+    class Meta:
+        model = Repository
+        # Everything editable but the secret, which only the write-only fields above replace.
+        fields = [
+            "name",
+            "slug",
+            "enabled",
+            "clone_url",
+            "branch",
+            "target_dir",
+            "deploy_mode",
+            "keep_releases",
+            "post_deploy_command",
+            "ssh_key_file",
+            "allow_unsigned",
+        ]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not self.instance.pk:
+            self.fields["generate_secret"].initial = True
+        if "clone_url" in self.fields and self._stored_url_has_credentials():
+            # Never echo stored credentials into the HTML: the field starts with the redacted
+            # form, which clean_clone_url() maps back to the stored value if left untouched.
+            self.initial["clone_url"] = self.instance.display_clone_url
+            self.fields["clone_url"].help_text = (
+                "The stored URL contains credentials, shown here as ***. Leave it as is to keep "
+                "them, or type a complete new URL."
+            )
+
+    def _stored_url_has_credentials(self) -> bool:
+        url = self.instance.clone_url if self.instance.pk else ""
+        return bool(url) and self.instance.display_clone_url != url
+
+    def clean_clone_url(self):
+        value = self.cleaned_data["clone_url"].strip()
+        if self._stored_url_has_credentials() and value == self.instance.display_clone_url:
+            return self.instance.clone_url
+        if "***@" in value:
+            raise forms.ValidationError(
+                "This URL contains the placeholder ***: type the complete URL, with credentials."
+            )
+        return value
+
+    def clean(self):
+        cleaned = super().clean()
+        chosen = [
+            bool(cleaned.get("new_webhook_secret")),
+            bool(cleaned.get("generate_secret")),
+            bool(cleaned.get("remove_secret")),
+        ]
+        if sum(chosen) > 1:
+            raise forms.ValidationError(
+                "Choose one of: type a new secret, generate one, or remove it."
+            )
+        return cleaned
+
+
+class SyncRunInline(admin.TabularInline):
+    model = SyncRun
+    fk_name = "repository"
+    verbose_name = "recent sync run"
+    verbose_name_plural = "last 20 sync runs"
+    fields = [
+        "run_link",
+        "status_display",
+        "trigger",
+        "triggered_by_label",
+        "commits",
+        "queued_at",
+        "finished_at",
+        "duration_display",
+    ]
+    readonly_fields = fields
+    ordering = ["-queued_at", "-pk"]
+    extra = 0
+    max_num = 0
+    can_delete = False
+    show_change_link = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="run")
+    def run_link(self, run):
+        return format_html('<a href="{}">#{}</a>', admin_url(run), run.pk)
+
+    @admin.display(description="status")
+    def status_display(self, run):
+        return status_badge(run.status, run.get_status_display())
+
+    @admin.display(description="previous → deployed")
+    def commits(self, run):
+        return run_commits_html(run, getattr(run, "provider_hint", "") or "")
+
+    @admin.display(description="duration")
+    def duration_display(self, run):
+        return format_duration(run.duration)
+
+
+@admin.register(Repository)
+class RepositoryAdmin(TriggerMixin, admin.ModelAdmin):
+    form = RepositoryForm
+    inlines = [SyncRunInline]
+    list_display = [
+        "name",
+        "slug",
+        "branch_display",
+        "target_dir",
+        "enabled",
+        "deployed",
+        "last_status",
+        "env_managed",
+    ]
+    list_filter = ["enabled", "managed_by_env", "deploy_mode"]
+    # Not the clone URL: searching it would let a viewer probe for a stored token.
+    search_fields = ["name", "slug", "target_dir"]
+    actions = ["redeploy_selected"]
+
+    class Media:
+        css = {"all": ["gitdeploy/admin.css"]}
+
+    # --- the page -------------------------------------------------------------------------------
+
+    def get_fieldsets(self, request, obj=None):
+        env = bool(obj and obj.managed_by_env)
+        secret_fields = ["secret_status"]
+        if not env:
+            secret_fields += ["new_webhook_secret", "generate_secret"]
+            if obj is not None:
+                secret_fields.append("remove_secret")
+        source = ["display_clone_url" if env else "clone_url", "branch", "default_branch"]
+        return [
+            (None, {"fields": ["name", "slug", "enabled"] + (["env_note"] if env else [])}),
+            ("Source", {"fields": source}),
+            (
+                "Target",
+                {
+                    "fields": [
+                        "target_dir",
+                        "deploy_mode",
+                        "keep_releases",
+                        "post_deploy_command",
+                        "ssh_key_file",
+                    ]
+                },
+            ),
+            ("Webhook", {"fields": secret_fields + ["allow_unsigned"]}),
+        ]
+
+    def get_readonly_fields(self, request, obj=None):
+        readonly = ["secret_status", "default_branch", "env_note", "display_clone_url"]
+        if obj is not None and obj.managed_by_env:
+            # The environment owns these; the slug is how the environment finds its repository.
+            readonly += ["slug"]
+            readonly += [
+                {"clone_url": "display_clone_url", "webhook_secret": "secret_status"}.get(f, f)
+                for f in ENV_FIELDS
+            ]
+        return list(dict.fromkeys(readonly))
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        # The stored secret and raw clone URL never become form fields of an env repository.
+        if obj is not None and obj.managed_by_env:
+            kwargs["exclude"] = list({*(kwargs.get("exclude") or []), *ENV_FIELDS})
+        return super().get_form(request, obj, change, **kwargs)
+
+    def get_formset_kwargs(self, request, obj, inline, prefix):
+        kwargs = super().get_formset_kwargs(request, obj, inline, prefix)
+        if isinstance(inline, SyncRunInline):
+            # An inline queryset cannot be sliced (the formset filters it afterwards): select the
+            # 20 newest by primary key instead.
+            latest = []
+            if obj is not None and obj.pk:
+                latest = list(
+                    obj.sync_runs.order_by("-queued_at", "-pk").values_list("pk", flat=True)[:20]
+                )
+            kwargs["queryset"] = (
+                kwargs["queryset"]
+                .filter(pk__in=latest)
+                .select_related("repository")
+                .annotate(provider_hint=latest_provider(OuterRef("repository")))
+            )
+        return kwargs
+
+    def save_model(self, request, obj, form, change):
+        new_secret = ""
+        if not obj.managed_by_env:
+            if form.cleaned_data.get("generate_secret"):
+                new_secret = secrets.token_urlsafe(32)
+                obj.webhook_secret = new_secret
+            elif form.cleaned_data.get("new_webhook_secret"):
+                obj.webhook_secret = form.cleaned_data["new_webhook_secret"]
+            elif form.cleaned_data.get("remove_secret"):
+                obj.webhook_secret = ""
+        super().save_model(request, obj, form, change)
+        if new_secret:
+            # Shown once: it is never displayed again, only replaced.
+            self.message_user(
+                request,
+                format_html(
+                    "New webhook secret for '{}': <code class=\"gd-secret\">{}</code> — copy it "
+                    "into the Git host's webhook settings now; it will not be shown again.",
+                    obj,
+                    new_secret,
+                ),
+                messages.WARNING,
+            )
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra_context = extra_context or {}
+        obj = self.get_object(request, object_id)
+        if obj is not None:
+            extra_context.update(self.webhook_context(request, obj))
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def webhook_context(self, request, obj: Repository) -> dict:
+        deployed = obj.last_successful_run()
+        provider = provider_of(obj)
+        return {
+            "webhook_url": request.build_absolute_uri(obj.webhook_path()),
+            "has_secret": bool(obj.webhook_secret),
+            "deployed_run": deployed,
+            "deployed_commit_html": (
+                commit_html(obj.clone_url, deployed.deployed_commit, provider) if deployed else ""
+            ),
+            "can_trigger": can_trigger(request),
+            "redeploy_url": reverse("admin:gitdeploy_repository_redeploy", args=[obj.pk]),
+        }
+
+    # --- computed fields ------------------------------------------------------------------------
+
+    @admin.display(description="webhook secret")
+    def secret_status(self, obj):
+        if obj is None or not obj.webhook_secret:
+            return format_html("<em>{}</em>", "not set")
+        return format_html("<code>{}</code> (set)", SECRET_MASK)
+
+    @admin.display(description="clone URL")
+    def display_clone_url(self, obj):
+        return obj.display_clone_url if obj else ""
+
+    @admin.display(description="configured by the environment")
+    def env_note(self, obj):
+        return (
+            "GIT_URL, REPO_DIR, GIT_BRANCH, WEBHOOK_SECRET, POST_DEPLOY_COMMAND, DEPLOY_MODE, ... "
+            "define this repository: change them in the environment and restart."
+        )
+
+    @admin.display(description="branch")
+    def branch_display(self, obj):
+        return obj.tracked_branch or "remote default"
+
+    @admin.display(description="deployed")
+    def deployed(self, obj):
+        run = obj.last_successful_run()
+        if run is None:
+            return "—"
+        return commit_html(obj.clone_url, run.deployed_commit, provider_of(obj))
+
+    @admin.display(description="last run")
+    def last_status(self, obj):
+        run = obj.last_run()
+        if run is None:
+            return "—"
+        return format_html(
+            '<a href="{}">{}</a>',
+            admin_url(run),
+            status_badge(run.status, run.get_status_display()),
+        )
+
+    @admin.display(description="env", boolean=True)
+    def env_managed(self, obj):
+        return obj.managed_by_env
+
+    # --- redeploy -------------------------------------------------------------------------------
+
+    def get_urls(self):
+        return [
+            path(
+                "<path:object_id>/redeploy/",
+                self.admin_site.admin_view(require_POST(self.redeploy_view)),
+                name="gitdeploy_repository_redeploy",
+            ),
+            *super().get_urls(),
+        ]
+
+    def redeploy_view(self, request, object_id):
+        if not can_trigger(request):
+            raise PermissionDenied
+        repository = get_object_or_404(Repository, pk=object_id)
+        run = self._redeploy(request, repository)
+        return self._after_trigger(request, run, admin_url(repository))
+
+    @admin.action(description="Redeploy the selected repositories", permissions=["trigger_deploy"])
+    def redeploy_selected(self, request, queryset):
+        for repository in queryset:
+            self._redeploy(request, repository)
+
+
+# --- Sync runs ------------------------------------------------------------------------------------
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """History: visible to whoever may view it, changed by nobody through the admin."""
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+class DeliveryInline(admin.TabularInline):
+    model = Delivery
+    fk_name = "sync_run"
+    verbose_name_plural = "deliveries served by this run"
+    fields = ["delivery_link", "received_at", "provider", "event", "ref", "after_short", "verdict"]
+    readonly_fields = fields
+    extra = 0
+    max_num = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="delivery")
+    def delivery_link(self, delivery):
+        return format_html(
+            '<a href="{}">{}</a>', admin_url(delivery), delivery.delivery_id or f"#{delivery.pk}"
+        )
+
+    @admin.display(description="commit")
+    def after_short(self, delivery):
+        return short_sha(delivery.after) or "—"
+
+
+@admin.register(SyncRun)
+class SyncRunAdmin(TriggerMixin, ReadOnlyAdmin):
+    list_display = [
+        "run_id",
+        "status_display",
+        "repository",
+        "trigger",
+        "who",
+        "commits",
+        "queued_at",
+        "started_at",
+        "finished_at",
+        "duration_display",
+        "attempt",
+    ]
+    list_display_links = ["run_id"]
+    list_filter = ["status", "trigger", "repository", "queued_at"]
+    list_select_related = ["repository", "triggered_by"]
+    search_fields = [
+        "=id",
+        "requested_commit",
+        "deployed_commit",
+        "previous_commit",
+        "triggered_by_label",
+    ]
+    date_hierarchy = "queued_at"
+    actions = ["redeploy_selected", "rollback_selected"]
+    inlines = [DeliveryInline]
+    fieldsets = [
+        (
+            None,
+            {
+                "fields": [
+                    "repository",
+                    "status_display",
+                    "trigger",
+                    "who",
+                    "attempt",
+                    "retry_of",
+                    "superseded_by",
+                ]
+            },
+        ),
+        ("Commits", {"fields": ["branch", "requested_commit", "pin_commit", "commits"]}),
+        (
+            "Timing",
+            {
+                "fields": [
+                    "queued_at",
+                    "run_after",
+                    "started_at",
+                    "finished_at",
+                    "duration_display",
+                    "worker_id",
+                    "lease_expires_at",
+                ]
+            },
+        ),
+        ("Result", {"fields": ["post_deploy_exit_code", "error_display", "log_display"]}),
+    ]
+
+    class Media:
+        css = {"all": ["gitdeploy/admin.css"]}
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .select_related("repository", "triggered_by")
+            .annotate(provider_hint=latest_provider(OuterRef("repository")))
+        )
+
+    @admin.display(description="run", ordering="pk")
+    def run_id(self, run):
+        return f"#{run.pk}"
+
+    @admin.display(description="status", ordering="status")
+    def status_display(self, run):
+        return status_badge(run.status, run.get_status_display())
+
+    @admin.display(description="triggered by")
+    def who(self, run):
+        user = run.triggered_by
+        name = run.triggered_by_label or (user.get_username() if user else "")
+        return f"{run.get_trigger_display()}: {name}" if name else run.get_trigger_display()
+
+    @admin.display(description="previous → deployed")
+    def commits(self, run):
+        return run_commits_html(run, getattr(run, "provider_hint", "") or "")
+
+    @admin.display(description="duration")
+    def duration_display(self, run):
+        return format_duration(run.duration)
+
+    @admin.display(description="error")
+    def error_display(self, run):
+        if not run.error:
+            return "—"
+        return format_html('<pre class="gd-pre">{}</pre>', run.error)
+
+    @admin.display(description="log")
+    def log_display(self, run):
+        if not run.log:
+            return "—"
+        return format_html('<pre class="gd-pre gd-log">{}</pre>', run.log)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra_context = extra_context or {}
+        run = self.get_object(request, object_id)
+        if run is not None:
+            extra_context.update(
+                {
+                    "can_trigger": can_trigger(request),
+                    "redeploy_url": reverse("admin:gitdeploy_syncrun_redeploy", args=[run.pk]),
+                    "rollback_url": (
+                        reverse("admin:gitdeploy_syncrun_rollback", args=[run.pk])
+                        if run.status == SyncRun.Status.SUCCEEDED and run.deployed_commit
+                        else ""
+                    ),
+                    "rollback_commit": short_sha(run.deployed_commit),
+                }
+            )
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def get_urls(self):
+        return [
+            path(
+                "<path:object_id>/redeploy/",
+                self.admin_site.admin_view(require_POST(self.redeploy_view)),
+                name="gitdeploy_syncrun_redeploy",
+            ),
+            path(
+                "<path:object_id>/rollback/",
+                self.admin_site.admin_view(require_POST(self.rollback_view)),
+                name="gitdeploy_syncrun_rollback",
+            ),
+            *super().get_urls(),
+        ]
+
+    def redeploy_view(self, request, object_id):
+        if not can_trigger(request):
+            raise PermissionDenied
+        run = get_object_or_404(SyncRun.objects.select_related("repository"), pk=object_id)
+        new_run = self._redeploy(request, run.repository)
+        return self._after_trigger(request, new_run, admin_url(run))
+
+    def rollback_view(self, request, object_id):
+        if not can_trigger(request):
+            raise PermissionDenied
+        run = get_object_or_404(SyncRun.objects.select_related("repository"), pk=object_id)
+        new_run = self._rollback(request, run)
+        return self._after_trigger(request, new_run, admin_url(run))
+
+    @admin.action(
+        description="Redeploy the repositories of the selected runs", permissions=["trigger_deploy"]
+    )
+    def redeploy_selected(self, request, queryset):
+        repository_ids = set(queryset.values_list("repository_id", flat=True))
+        for repository in Repository.objects.filter(pk__in=repository_ids):
+            self._redeploy(request, repository)
+
+    @admin.action(
+        description="Roll back to the commit of the selected run", permissions=["trigger_deploy"]
+    )
+    def rollback_selected(self, request, queryset):
+        runs = list(queryset.select_related("repository")[:2])
+        if len(runs) != 1:
+            self.message_user(
+                request, "Select exactly one succeeded run to roll back to.", messages.ERROR
+            )
+            return
+        self._rollback(request, runs[0])
+
+
+# --- Deliveries -----------------------------------------------------------------------------------
+
+
+@admin.register(Delivery)
+class DeliveryAdmin(TriggerMixin, ReadOnlyAdmin):
+    list_display = [
+        "received_at",
+        "repository",
+        "provider",
+        "event",
+        "ref_display",
+        "commit",
+        "verdict_display",
+        "status_code",
+        "run_link",
+    ]
+    list_display_links = ["received_at"]
+    list_filter = ["repository", "provider", "verdict", "received_at"]
+    list_select_related = ["repository", "sync_run"]
+    search_fields = ["=delivery_id", "^after", "^before"]
+    date_hierarchy = "received_at"
+    actions = None
+    fieldsets = [
+        (
+            None,
+            {
+                "fields": [
+                    "repository",
+                    "received_at",
+                    "remote_addr",
+                    "provider",
+                    "event",
+                    "delivery_id",
+                ]
+            },
+        ),
+        (
+            "Verdict",
+            {"fields": ["verdict_display", "reason", "status_code", "signature", "run_link"]},
+        ),
+        ("Push", {"fields": ["ref", "before", "after"]}),
+        (
+            "Request",
+            {
+                "fields": [
+                    "content_type",
+                    "body_size",
+                    "body_sha256",
+                    "body_truncated",
+                    "headers_display",
+                    "body_display",
+                ]
+            },
+        ),
+    ]
+
+    class Media:
+        css = {"all": ["gitdeploy/admin.css"]}
+
+    @admin.display(description="ref", ordering="ref")
+    def ref_display(self, delivery):
+        return delivery.ref.removeprefix("refs/heads/") if delivery.ref else "—"
+
+    @admin.display(description="commit", ordering="after")
+    def commit(self, delivery):
+        return format_html("<code>{}</code>", short_sha(delivery.after)) if delivery.after else "—"
+
+    @admin.display(description="verdict", ordering="verdict")
+    def verdict_display(self, delivery):
+        return status_badge(delivery.verdict, delivery.get_verdict_display())
+
+    @admin.display(description="sync run")
+    def run_link(self, delivery):
+        if delivery.sync_run_id is None:
+            return "—"
+        return format_html(
+            '<a href="{}">#{}</a>', admin_url(delivery.sync_run), delivery.sync_run_id
+        )
+
+    @admin.display(description="headers")
+    def headers_display(self, delivery):
+        headers = delivery.headers or {}
+        if not headers:
+            return "—"
+        rows = format_html_join(
+            "\n", "{}: {}", sorted((str(k), str(v)) for k, v in dict(headers).items())
+        )
+        return format_html('<pre class="gd-pre">{}</pre>', rows)
+
+    @admin.display(description="body")
+    def body_display(self, delivery):
+        if not delivery.body:
+            return "—"
+        note = " (truncated)" if delivery.body_truncated else ""
+        return format_html(
+            '<details open><summary>{} bytes{}</summary><pre class="gd-pre">{}</pre></details>',
+            delivery.body_size,
+            note,
+            pretty_text(delivery.body),
+        )
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra_context = extra_context or {}
+        delivery = self.get_object(request, object_id)
+        if delivery is not None:
+            extra_context.update(
+                {
+                    "can_trigger": can_trigger(request),
+                    "redeploy_url": reverse(
+                        "admin:gitdeploy_repository_redeploy", args=[delivery.repository_id]
+                    ),
+                    "repository": delivery.repository,
+                }
+            )
+        return super().change_view(request, object_id, form_url, extra_context)
+
+
+# --- Workers --------------------------------------------------------------------------------------
+
+
+@admin.register(WorkerHeartbeat)
+class WorkerHeartbeatAdmin(ReadOnlyAdmin):
+    list_display = ["worker_id", "hostname", "pid", "started_at", "seen_at", "age", "alive"]
+    fields = ["worker_id", "hostname", "pid", "started_at", "seen_at", "age", "alive"]
+    readonly_fields = fields
+    ordering = ["-seen_at"]
+
+    @admin.display(description="last seen")
+    def age(self, heartbeat):
+        return format_duration(timezone.now() - heartbeat.seen_at) + " ago"
+
+    @admin.display(description="alive", boolean=True)
+    def alive(self, heartbeat):
+        age = (timezone.now() - heartbeat.seen_at).total_seconds()
+        return age <= settings.WORKER_HEARTBEAT_MAX_AGE
