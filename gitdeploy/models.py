@@ -605,7 +605,9 @@ def _decide(repository: Repository, envelope: providers.Envelope, incoming: Inco
         )
 
     try:
-        event = providers.parse(envelope, incoming.body, incoming.content_type)
+        event = providers.parse(
+            envelope, incoming.body, incoming.content_type, branch=repository.tracked_branch
+        )
     except providers.BadPayload as exc:
         return Outcome(400, rejected, exc.message, signature)
 

@@ -29,9 +29,14 @@ def read_capped_body(request, limit: int) -> bytes:
     declared = request.META.get("CONTENT_LENGTH") or ""
     if declared.strip().isdigit() and int(declared) > limit:
         raise BodyTooLarge(int(declared))
+    stream = request
+    if not declared.strip() and request.META.get("wsgi.input_terminated"):
+        # A chunked request (gunicorn): Django would read nothing without a Content-Length, so
+        # read the server's own terminated stream, still under the cap.
+        stream = request.META["wsgi.input"]
     chunks, total = [], 0
     while True:
-        chunk = request.read(READ_CHUNK)
+        chunk = stream.read(READ_CHUNK)
         if not chunk:
             break
         total += len(chunk)

@@ -204,7 +204,12 @@ STORAGES = {
         )
     },
 }
-# Without collectstatic (make run, tests), whitenoise serves straight from the apps' static dirs.
+# Without collectstatic (make run, tests), whitenoise serves straight from the apps' static dirs;
+# it still wants its root to exist.
+try:
+    STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+except OSError:
+    pass
 WHITENOISE_USE_FINDERS = not STATIC_ROOT.joinpath("staticfiles.json").exists()
 
 # --- The queue ------------------------------------------------------------------------------------
