@@ -318,8 +318,8 @@ def _push(
     reason: str = "",
     **info: str,
 ) -> Event:
-    """Validate a push's ref and commits and classify the ref. ``what`` names the payload fields
-    in error messages, so that a host's own field names appear there."""
+    """Validate a push's ref and commit, and classify the ref. ``what`` names the payload in error
+    messages. The commit is checked to be a full object id: it is all the worker takes from us."""
     if not isinstance(ref, str) or not ref:
         raise BadPayload(f"{what}: no ref (expected a string like 'refs/heads/main')")
     if not deleted:
@@ -393,9 +393,11 @@ def _gitea(name: str, payload: dict[str, Any]) -> Event:
         return Event("other", reason=f"event {name!r} is not a push", **info)
     before, after = payload.get("before"), payload.get("after")
     if isinstance(after, str) and _ZERO_ID.fullmatch(after) and before == after:
-        # Recent Gitea and Forgejo "Test Delivery" sends a fake commit ("This is a fake commit for
-        # webhook push test") as both before and after: all zeros, which no real push has (a
-        # deletion keeps a real `before`). Older Gitea and Gogs sent the branch tip instead.
+        # Gitea's "Test Delivery" (routers/web/repo/setting/webhook.go TestWebhook) sends a fake
+        # commit ("This is a fake commit for webhook push test") as both before and after: all
+        # zeros, which no real push has (a deletion keeps a real `before`). Older Gitea did so only
+        # for an empty repository and otherwise sent the branch tip, as Gogs does (see
+        # _test_delivery). Forgejo inherited this code from Gitea; it sends the same headers.
         return Event(
             "ping",
             ref=_text(payload, "ref"),
