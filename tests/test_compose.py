@@ -1,0 +1,362 @@
+"""The Docker stack, proven without a Docker engine.
+
+The compose file is validated against the Compose Specification's JSON Schema and then checked for
+what the schema cannot see (ports, volumes, ordering, variables). The wiring test runs the web and
+worker services' own entrypoint and command on the host, with the environment compose would give
+them, and sends a signed push through the whole chain: gunicorn → Delivery → queue → worker → git.
+"""
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DOCKER_DIR = PROJECT_ROOT / "docker"
+COMPOSE_FILE = DOCKER_DIR / "docker-compose.yml"
+ENV_EXAMPLE = DOCKER_DIR / ".env.example"
+DOCKERFILE = DOCKER_DIR / "Dockerfile"
+SCHEMA_FILE = PROJECT_ROOT / "tests" / "fixtures" / "compose-spec" / "compose-spec.json"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+# ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?error}, ${NAME?error}, $NAME; $$ is "$".
+VARIABLE_RE = re.compile(
+    r"\$(?:(?P<escaped>\$)"
+    r"|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}"
+    r"|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
+)
+ENV_LINE_RE = re.compile(r"^(?P<comment>#\s*)?(?P<name>[A-Z][A-Z0-9_]*)=(?P<value>.*)$")
+
+
+# --- Reading the stack's files, the way compose and Docker read them ---------------------------
+
+
+def parse_env_example() -> tuple[dict[str, str], dict[str, str]]:
+    """(active, documented): active lines are what compose passes on; `# NAME=default` lines only
+    document a default. Anything else must be a comment or blank, or the file does not parse."""
+    active: dict[str, str] = {}
+    documented: dict[str, str] = {}
+    for number, line in enumerate(ENV_EXAMPLE.read_text().splitlines(), start=1):
+        stripped = line.strip()
+        match = ENV_LINE_RE.match(stripped)
+        if match:
+            name, value = match["name"], match["value"]
+            assert name not in documented, f".env.example:{number}: {name} listed twice"
+            documented[name] = value
+            if not match["comment"]:
+                assert not value.startswith(("'", '"')), f".env.example:{number}: no quotes"
+                active[name] = value
+        else:
+            assert stripped == "" or stripped.startswith("#"), (
+                f".env.example:{number} is neither NAME=value nor a comment: {line!r}"
+            )
+    return active, documented
+
+
+def interpolate(value, variables: dict[str, str]):
+    """Compose's variable interpolation, applied to every string of the parsed file."""
+    if isinstance(value, dict):
+        return {key: interpolate(item, variables) for key, item in value.items()}
+    if isinstance(value, list):
+        return [interpolate(item, variables) for item in value]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match) -> str:
+        if match["escaped"]:
+            return "$"
+        name = match["braced"] or match["bare"]
+        op, arg = match["op"], match["arg"]
+        current = variables.get(name)
+        if op in (":-", ":?"):
+            missing = not current
+        else:
+            missing = current is None
+        if op and op.endswith("-") and missing:
+            return arg
+        if op and op.endswith("?") and missing:
+            raise AssertionError(f"${{{name}}} is required: {arg}")
+        return current or ""
+
+    return VARIABLE_RE.sub(substitute, value)
+
+
+def used_variables(text: str) -> list[tuple[str, str | None]]:
+    """(name, operator) of every variable the compose file interpolates."""
+    return [
+        (m["braced"] or m["bare"], m["op"]) for m in VARIABLE_RE.finditer(text) if not m["escaped"]
+    ]
+
+
+def load_compose(variables: dict[str, str] | None = None) -> dict:
+    raw = yaml.safe_load(COMPOSE_FILE.read_text())
+    if variables is None:
+        variables, _ = parse_env_example()
+    return interpolate(raw, variables)
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
+    instructions: list[tuple[str, str]] = []
+    pending = ""
+    for line in DOCKERFILE.read_text().splitlines():
+        if line.strip().startswith("#") and not pending:
+            continue
+        if line.strip().startswith("#"):
+            continue  # a comment inside a continued instruction
+        pending += line.rstrip()
+        if pending.endswith("\\"):
+            pending = pending[:-1] + " "
+            continue
+        if pending.strip():
+            keyword, _, arguments = pending.strip().partition(" ")
+            instructions.append((keyword.upper(), arguments.strip()))
+        pending = ""
+    return instructions
+
+
+def dockerfile_env() -> dict[str, str]:
+    env: dict[str, str] = {}
+    for keyword, arguments in dockerfile_instructions():
+        if keyword == "ENV":
+            for pair in shlex.split(arguments):
+                name, _, value = pair.partition("=")
+                env[name] = value
+    return env
+
+
+def duration_seconds(value: str) -> float:
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001, "us": 1e-6}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|ms|us|m|s)", value)
+    assert parts and "".join(n + u for n, u in parts) == value, f"not a duration: {value!r}"
+    return sum(float(number) * units[unit] for number, unit in parts)
+
+
+def settings_variables() -> set[str]:
+    """Every environment variable project/settings.py reads, including NAME_FILE for env_str."""
+    source = (PROJECT_ROOT / "project" / "settings.py").read_text()
+    names = set(re.findall(r"os\.environ\.get\(\s*\"([A-Z][A-Z0-9_]*)\"", source))
+    names |= set(re.findall(r"env_(?:bool|int|float|list)\(\s*\"([A-Z][A-Z0-9_]*)\"", source))
+    for name in re.findall(r"env_str\(\s*\"([A-Z][A-Z0-9_]*)\"", source):
+        names |= {name, f"{name}_FILE"}
+    return names
+
+
+# --- The compose file --------------------------------------------------------------------------
+
+
+def test_compose_file_is_valid_against_the_compose_specification():
+    schema = json.loads(SCHEMA_FILE.read_text())
+    # The schema declares draft-07 (as "https://json-schema.org/draft-07/schema", without the "#"
+    # that jsonschema's lookup expects).
+    assert "draft-07" in schema["$schema"]
+    validator_class = jsonschema.Draft7Validator
+    validator_class.check_schema(schema)
+    validator = validator_class(schema)
+    for label, document in (
+        ("as written", yaml.safe_load(COMPOSE_FILE.read_text())),
+        ("after interpolation with .env.example", load_compose()),
+    ):
+        errors = sorted(validator.iter_errors(document), key=lambda e: list(e.absolute_path))
+        assert not errors, f"{label}:\n" + "\n".join(
+            f"  {'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors
+        )
+
+
+def test_every_compose_variable_has_a_default_or_is_in_env_example():
+    _, documented = parse_env_example()
+    undefined = sorted(
+        {
+            name
+            for name, op in used_variables(COMPOSE_FILE.read_text())
+            if not (op and op.endswith("-")) and name not in documented
+        }
+    )
+    assert not undefined, f"set a default (${{NAME:-x}}) or list in .env.example: {undefined}"
+    listed = {name for name, _ in used_variables(COMPOSE_FILE.read_text())}
+    assert listed - set(documented) == set(), "document every compose variable in .env.example"
+
+
+def test_env_example_lists_every_variable_settings_reads():
+    _, documented = parse_env_example()
+    missing = sorted(settings_variables() - set(documented))
+    assert not missing, f"add to docker/.env.example: {missing}"
+
+
+def test_env_example_leaves_every_optional_setting_at_its_default():
+    # An active `NAME=` line with an empty value would override a non-empty default (TIME_ZONE=""
+    # breaks Django); only the values a server must set are active, and they start empty.
+    active, _ = parse_env_example()
+    assert set(active) == {"SECRET_KEY", "WEBHOOK_SECRET", "GIT_URL", "POSTGRES_PASSWORD"}
+    assert all(value == "" for value in active.values())
+
+
+def test_web_and_worker_share_the_seed_repo_volume():
+    services = load_compose()["services"]
+    for name in ("web", "worker"):
+        assert "../repo:/app/repo" in services[name]["volumes"], name
+        assert services[name]["image"] == services["web"]["image"]
+        assert services[name]["build"] == {
+            "context": "..",
+            "dockerfile": "docker/Dockerfile",
+            "args": services[name]["build"]["args"],
+        }
+
+
+def test_web_publishes_the_seed_ports():
+    web = load_compose()["services"]["web"]
+    assert {"8880:8880", "80:8880"} <= set(web["ports"])
+    assert "--bind" in web["command"] and web["command"][web["command"].index("--bind") + 1] == (
+        "0.0.0.0:8880"
+    )
+
+
+def test_plain_http_is_never_published_on_443():
+    services = load_compose()["services"]
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            published, _, target = str(port).rpartition(":")
+            if published.endswith("443"):
+                assert name == "caddy" and target.startswith("443"), (name, port)
+
+
+def test_caddy_is_optional_behind_the_https_profile():
+    services = load_compose()["services"]
+    assert services["caddy"]["profiles"] == ["https"]
+    assert all("profiles" not in services[name] for name in ("db", "web", "worker"))
+    assert "DOMAIN" in services["caddy"]["environment"]
+    caddyfile = (DOCKER_DIR / "Caddyfile").read_text()
+    assert "{$DOMAIN" in caddyfile and "reverse_proxy web:8880" in caddyfile
+
+
+def test_services_start_in_order_on_a_healthy_database():
+    services = load_compose()["services"]
+    assert "pg_isready" in " ".join(services["db"]["healthcheck"]["test"])
+    assert re.fullmatch(r"postgres:\d+(\.\d+)?(-[a-z0-9]+)?", services["db"]["image"])
+    for name in ("web", "worker"):
+        assert services[name]["depends_on"]["db"]["condition"] == "service_healthy", name
+    # web migrates before it becomes healthy; the worker starts after that.
+    assert services["worker"]["depends_on"]["web"]["condition"] == "service_healthy"
+    assert services["web"]["environment"]["RUN_MIGRATIONS"] == "true"
+    assert services["worker"]["environment"]["RUN_MIGRATIONS"] == "false"
+
+
+def test_worker_outlives_a_slow_sync_on_stop():
+    worker = load_compose()["services"]["worker"]
+    grace = duration_seconds(worker["stop_grace_period"])
+    # POST_DEPLOY_TIMEOUT and GIT_TIMEOUT default to 600 s (project/settings.py).
+    source = (PROJECT_ROOT / "project" / "settings.py").read_text()
+    for name in ("POST_DEPLOY_TIMEOUT", "GIT_TIMEOUT"):
+        default = re.search(rf'env_float\("{name}",\s*([\d.]+)', source)
+        assert default, name
+        assert grace > float(default[1]), f"stop_grace_period {grace} s <= {name}"
+    assert worker["init"] is True
+    assert worker["command"][:3] == ["python", "manage.py", "db_worker"]
+
+
+def test_every_service_reads_env_file_optionally():
+    services = load_compose()["services"]
+    for name in ("web", "worker"):
+        assert services[name]["env_file"] == [{"path": ".env", "required": False}], name
+
+
+def test_deploy_key_reaches_only_the_worker_read_only():
+    services = load_compose()["services"]
+    assert "./secrets:/run/secrets/gitdeploy:ro" in services["worker"]["volumes"]
+    assert not any("secrets" in v for v in services["web"]["volumes"])
+    assert (DOCKER_DIR / "secrets" / ".gitignore").read_text().splitlines()[1:] == [
+        "*",
+        "!.gitignore",
+    ]
+
+
+# --- The image -------------------------------------------------------------------------------
+
+
+def test_dockerfile_builds_a_pinned_non_root_image_with_a_healthcheck():
+    instructions = dockerfile_instructions()
+    by_keyword: dict[str, list[str]] = {}
+    for keyword, arguments in instructions:
+        by_keyword.setdefault(keyword, []).append(arguments)
+    (base,) = by_keyword["FROM"]
+    assert re.fullmatch(r"python:3\.1[12]\.\d+-slim(-[a-z]+)?", base), base
+    user = by_keyword["USER"][-1]
+    assert user not in {"root", "0"} and not user.startswith("0:")
+    assert "8880" in by_keyword["EXPOSE"]
+    healthcheck = by_keyword["HEALTHCHECK"][-1]
+    assert "healthcheck.py" in healthcheck
+    assert "/api/health" in (DOCKER_DIR / "healthcheck.py").read_text()
+    runs = " ".join(by_keyword["RUN"])
+    assert "--no-install-recommends" in runs and "rm -rf /var/lib/apt/lists/*" in runs
+    assert "git openssh-client" in runs
+    assert "pip install --no-cache-dir -r requirements/base.txt" in runs
+    assert "collectstatic --noinput" in runs
+    assert "chown gitdeploy:gitdeploy /app/repo /app/data" in runs
+    assert json.loads(by_keyword["ENTRYPOINT"][-1]) == ["/app/docker/entrypoint.sh"]
+    cmd = json.loads(by_keyword["CMD"][-1])
+    assert cmd == load_compose()["services"]["web"]["command"]
+    # The throwaway collectstatic key must not become part of the image's environment.
+    assert "SECRET_KEY" not in dockerfile_env()
+
+
+def test_dockerignore_keeps_local_state_and_secrets_out_of_the_image():
+    patterns = {
+        line.strip()
+        for line in (PROJECT_ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    for required in (
+        ".venv",
+        "data/",
+        "*.sqlite3",
+        "repo/",
+        ".git",
+        "test-output/",
+        "staticfiles/",
+    ):
+        assert required in patterns, required
+    assert {"**/.env", "docker/secrets/"} <= patterns
+
+
+def _shellcheck_or_skip() -> str:
+    path = shutil.which("shellcheck")
+    if path is None:
+        if IN_CI:
+            pytest.fail("shellcheck is not installed (CI=true): apt-get install -y shellcheck")
+        pytest.skip("shellcheck is not installed")
+    return path
+
+
+@pytest.mark.parametrize("script", ["entrypoint.sh", "install-docker.sh"])
+def test_shell_scripts_pass_shellcheck(script):
+    shellcheck = _shellcheck_or_skip()
+    result = subprocess.run(
+        [shellcheck, "--shell=sh", "--severity=style", str(DOCKER_DIR / script)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_run_lines_pass_shellcheck(tmp_path):
+    shellcheck = _shellcheck_or_skip()
+    runs = [args for keyword, args in dockerfile_instructions() if keyword == "RUN"]
+    script = tmp_path / "run-lines.sh"
+    script.write_text("#!/bin/sh\n" + "\n".join(runs) + "\n")
+    result = subprocess.run(
+        [shellcheck, "--shell=sh", str(script)], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_scripts_are_executable():
+    for script in ("entrypoint.sh", "install-docker.sh"):
+        assert os.access(DOCKER_DIR / script, os.X_OK), script
