@@ -169,14 +169,19 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
             ),
         }
     )
-    # Tests that start a worker subprocess need a database file both processes can open.
-    _db.setdefault("TEST", {})["NAME"] = str(Path(_db["NAME"]).with_name("test_gitdeploy.sqlite3"))
+    # Tests that start a worker subprocess need a database file both processes can open; one per
+    # test process, so two test runs on one machine never share it.
+    _db.setdefault("TEST", {})["NAME"] = str(
+        Path(_db["NAME"]).with_name(f"test_gitdeploy_{os.getpid()}.sqlite3")
+    )
 elif _db["ENGINE"] == "django.db.backends.postgresql":
     _db.setdefault("CONN_MAX_AGE", env_int("CONN_MAX_AGE", 60))
     _db["CONN_HEALTH_CHECKS"] = True
     _db.setdefault("OPTIONS", {}).setdefault("connect_timeout", env_int("DB_CONNECT_TIMEOUT", 5))
     _db["OPTIONS"].setdefault("application_name", os.environ.get("GITDEPLOY_PROCESS", "gitdeploy"))
-    _db.setdefault("TEST", {})["NAME"] = os.environ.get("TEST_DATABASE_NAME", "test_gitdeploy")
+    _db.setdefault("TEST", {})["NAME"] = os.environ.get(
+        "TEST_DATABASE_NAME", f"test_gitdeploy_{os.getpid()}"
+    )
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -1,5 +1,6 @@
 """With the database unreachable the webhook answers 503 (the Git host shows a failure the user can
-redeliver), never a 500 page. Runs the real server (gunicorn) against a database that is not there."""
+redeliver), never a 500 page. Runs the real server (gunicorn) against a database that is not
+there."""
 
 import json
 import socket

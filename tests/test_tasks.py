@@ -1,0 +1,213 @@
+"""run_sync in-process: claim, lock, sync, record; retries; lost runs; `manage.py sync`."""
+
+import datetime
+import subprocess
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.utils import timezone
+from django_tasks_db.models import DBTaskResult
+
+from gitdeploy.models import SyncRun
+from gitdeploy.tasks import execute_run
+from tests.gitservers import HTTP_PASSWORD, HTTP_USER, git, http_server, remote  # noqa: F401
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def head(path) -> str:
+    return git("rev-parse", "HEAD", cwd=path)
+
+
+def test_a_queued_run_clones_then_updates_and_records_commits(make_repository, remote):  # noqa: F811
+    repository = make_repository(clone_url=remote.url, branch="main")
+    first, _ = SyncRun.request(repository, trigger=SyncRun.Trigger.WEBHOOK, commit=remote.tip())
+    execute_run(first.pk, worker_id="test-worker")
+    first.refresh_from_db()
+    assert first.status == SyncRun.Status.SUCCEEDED, first.log
+    assert first.deployed_commit == remote.tip() == head(repository.target_dir)
+    assert first.previous_commit == ""
+    assert first.started_at and first.finished_at and first.worker_id == "test-worker"
+    assert first.lease_expires_at is None
+
+    new_tip = remote.commit({"app.py": "print('v2')\n"}, "v2")
+    second, _ = SyncRun.request(repository, trigger=SyncRun.Trigger.WEBHOOK, commit=new_tip)
+    execute_run(second.pk, worker_id="test-worker")
+    second.refresh_from_db()
+    assert second.status == SyncRun.Status.SUCCEEDED, second.log
+    assert second.previous_commit == first.deployed_commit
+    assert second.deployed_commit == new_tip == head(repository.target_dir)
+
+
+def test_a_late_delivery_deploys_the_tip_not_its_older_commit(make_repository, remote):  # noqa: F811
+    repository = make_repository(clone_url=remote.url)
+    old = remote.tip()
+    newest = remote.commit({"a.txt": "new\n"}, "newer push")
+    run, _ = SyncRun.request(repository, trigger=SyncRun.Trigger.WEBHOOK, commit=old)
+    execute_run(run.pk, worker_id="w")
+    run.refresh_from_db()
+    assert run.requested_commit == old
+    assert run.deployed_commit == newest
+
+
+def test_a_superseded_or_finished_run_is_not_run_again(make_repository, remote):  # noqa: F811
+    repository = make_repository(clone_url=remote.url)
+    run, _ = SyncRun.request(repository, trigger=SyncRun.Trigger.ADMIN)
+    SyncRun.objects.filter(pk=run.pk).update(status=SyncRun.Status.SUPERSEDED)
+    execute_run(run.pk, worker_id="w")
+    run.refresh_from_db()
+    assert run.status == SyncRun.Status.SUPERSEDED and run.started_at is None
+
+
+def test_the_default_branch_is_learned_from_the_sync(make_repository, remote):  # noqa: F811
+    repository = make_repository(clone_url=remote.url, branch="")
+    run, _ = SyncRun.request(repository, trigger=SyncRun.Trigger.CLI)
+    execute_run(run.pk, worker_id="w")
+    repository.refresh_from_db()
+    assert repository.default_branch == "main"
+
+
+def test_a_failed_fetch_is_retried_with_backoff_as_new_attempts(
+    make_repository, tmp_path, settings
+):
+    settings.SYNC_RETRIES = 2
+    settings.SYNC_RETRY_BACKOFF = 5
+    repository = make_repository(clone_url=f"file://{tmp_path}/missing.git")
+    run, _ = SyncRun.request(repository, trigger=SyncRun.Trigger.WEBHOOK)
+    attempts = [run]
+    for expected_attempt in (2, 3):
+        execute_run(attempts[-1].pk, worker_id="w")
+        attempts[-1].refresh_from_db()
+        assert attempts[-1].status == SyncRun.Status.FAILED
+        retry = SyncRun.objects.get(status=SyncRun.Status.QUEUED)
+        assert retry.attempt == expected_attempt and retry.retry_of_id == attempts[-1].pk
+        assert retry.trigger == SyncRun.Trigger.RETRY
+        assert retry.run_after > timezone.now() + datetime.timedelta(seconds=2)
+        # The backoff is the task's run_after too, so the worker does not pick it up early.
+        task = DBTaskResult.objects.filter(args_kwargs__args=[retry.pk]).get()
+        assert task.run_after is not None and task.run_after > timezone.now()
+        SyncRun.objects.filter(pk=retry.pk).update(run_after=None)
+        attempts.append(retry)
+    execute_run(attempts[-1].pk, worker_id="w")
+    assert not SyncRun.objects.filter(status=SyncRun.Status.QUEUED).exists(), "retries exhausted"
+    assert SyncRun.objects.filter(status=SyncRun.Status.FAILED).count() == 3
+    assert all("missing.git" in run.error for run in SyncRun.objects.all())
+
+
+def test_a_retry_keeps_the_directory_at_its_last_good_commit(make_repository, remote, tmp_path):  # noqa: F811
+    repository = make_repository(clone_url=remote.url)
+    run, _ = SyncRun.request(repository, trigger=SyncRun.Trigger.CLI)
+    execute_run(run.pk, worker_id="w")
+    good = head(repository.target_dir)
+    # The remote goes away (renamed), a push arrives: the fetch fails, nothing is touched.
+    remote.path.rename(tmp_path / "gone.git")
+    failing, _ = SyncRun.request(repository, trigger=SyncRun.Trigger.WEBHOOK)
+    execute_run(failing.pk, worker_id="w")
+    failing.refresh_from_db()
+    assert failing.status == SyncRun.Status.FAILED
+    assert head(repository.target_dir) == good
+    assert (
+        subprocess.run(
+            ["git", "status", "--porcelain"],
+            cwd=repository.target_dir,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        == ""
+    )
+
+
+def test_a_run_whose_lease_expired_is_failed_as_worker_lost_and_requeued(make_repository):
+    repository = make_repository()
+    run, _ = SyncRun.request(repository, trigger=SyncRun.Trigger.WEBHOOK, commit="c" * 40)
+    assert run.claim("dead-worker")
+    SyncRun.objects.filter(pk=run.pk).update(
+        lease_expires_at=timezone.now() - datetime.timedelta(seconds=1)
+    )
+    follow_ups = SyncRun.recover_lost()
+    run.refresh_from_db()
+    assert run.status == SyncRun.Status.FAILED and run.error == "worker lost"
+    assert "worker lost" in run.log
+    assert len(follow_ups) == 1
+    fresh = follow_ups[0]
+    assert fresh.status == SyncRun.Status.QUEUED and fresh.retry_of_id == run.pk
+    assert fresh.requested_commit == "c" * 40
+    assert SyncRun.recover_lost() == [], "recovery happens once"
+
+
+def test_a_live_lease_is_not_recovered(make_repository):
+    repository = make_repository()
+    run, _ = SyncRun.request(repository, trigger=SyncRun.Trigger.WEBHOOK)
+    assert run.claim("busy-worker")
+    assert SyncRun.recover_lost() == []
+    run.refresh_from_db()
+    assert run.status == SyncRun.Status.RUNNING
+
+
+def test_claim_refuses_a_second_running_run_of_a_repository(make_repository):
+    repository = make_repository()
+    first, _ = SyncRun.request(repository, trigger=SyncRun.Trigger.WEBHOOK)
+    assert first.claim("w1")
+    second, joined = SyncRun.request(repository, trigger=SyncRun.Trigger.WEBHOOK)
+    assert not joined
+    assert not second.claim("w2"), "the database allows one running run per repository"
+    second.refresh_from_db()
+    assert second.status == SyncRun.Status.QUEUED
+
+
+def test_a_roll_back_replaces_a_queued_tip_request(make_repository):
+    repository = make_repository()
+    tip, _ = SyncRun.request(repository, trigger=SyncRun.Trigger.WEBHOOK)
+    rollback, joined = SyncRun.request(
+        repository, trigger=SyncRun.Trigger.ADMIN, commit="d" * 40, pin_commit=True
+    )
+    tip.refresh_from_db()
+    assert not joined and tip.status == SyncRun.Status.SUPERSEDED
+    assert tip.superseded_by_id == rollback.pk
+
+
+def test_manage_py_sync_runs_in_the_foreground_and_rolls_back(make_repository, remote, capsys):  # noqa: F811
+    repository = make_repository(clone_url=remote.url)
+    first = remote.tip()
+    remote.commit({"b.txt": "b\n"}, "second")
+    call_command("sync", repository.slug)
+    out = capsys.readouterr().out
+    assert "deployed" in out and head(repository.target_dir) == remote.tip()
+
+    call_command("sync", repository.slug, commit=first)
+    assert head(repository.target_dir) == first
+    run = SyncRun.objects.order_by("-pk").first()
+    assert run.pin_commit and run.trigger == SyncRun.Trigger.CLI and run.deployed_commit == first
+
+
+def test_manage_py_sync_fails_loudly(make_repository, tmp_path):
+    repository = make_repository(clone_url=f"file://{tmp_path}/nothing-here.git")
+    with pytest.raises(CommandError, match="failed"):
+        call_command("sync", repository.slug)
+    with pytest.raises(CommandError, match="no repository"):
+        call_command("sync", "does-not-exist")
+
+
+def test_credentials_appear_in_no_stored_text(make_repository, remote, http_server):  # noqa: F811
+    url = http_server.url_for(remote).replace("http://", f"http://{HTTP_USER}:{HTTP_PASSWORD}@")
+    repository = make_repository(clone_url=url)
+    run, _ = SyncRun.request(repository, trigger=SyncRun.Trigger.CLI)
+    execute_run(run.pk, worker_id="w")
+    run.refresh_from_db()
+    assert run.status == SyncRun.Status.SUCCEEDED, run.log
+    assert HTTP_PASSWORD not in run.log and HTTP_PASSWORD not in run.error
+    config = (remote_config := f"{repository.target_dir}/.git/config")
+    with open(config) as handle:
+        assert HTTP_PASSWORD not in handle.read(), remote_config
+
+    # A wrong password fails, and neither password is stored anywhere.
+    repository.clone_url = url.replace(HTTP_PASSWORD, "wrong-password-123456")
+    repository.save()
+    remote.commit({"c.txt": "c\n"}, "third")
+    failing, _ = SyncRun.request(repository, trigger=SyncRun.Trigger.CLI)
+    execute_run(failing.pk, worker_id="w")
+    failing.refresh_from_db()
+    assert failing.status == SyncRun.Status.FAILED
+    for text in (failing.log, failing.error):
+        assert "wrong-password-123456" not in text and HTTP_PASSWORD not in text
