@@ -6,12 +6,21 @@ worker services' own entrypoint and command on the host, with the environment co
 them, and sends a signed push through the whole chain: gunicorn → Delivery → queue → worker → git.
 """
 
+import hashlib
+import hmac
 import json
 import os
 import re
 import shlex
 import shutil
+import signal
+import socket
 import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
 from pathlib import Path
 
 import jsonschema
@@ -360,3 +369,256 @@ def test_dockerfile_run_lines_pass_shellcheck(tmp_path):
 def test_scripts_are_executable():
     for script in ("entrypoint.sh", "install-docker.sh"):
         assert os.access(DOCKER_DIR / script, os.X_OK), script
+
+
+# --- The wiring: web and worker run as compose would run them, on the host ---------------------
+
+WEBHOOK_TEST_SECRET = "compose-wiring-webhook-secret"
+POSTGRES_ADMIN = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "postgres"}
+# Where the image's paths land on the host: volumes in tmp_path, the code in the project itself.
+CONTAINER_VOLUMES = ("/app/repo", "/app/data")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def git(*args, cwd=None) -> str:
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "Compose Test",
+        "GIT_AUTHOR_EMAIL": "compose@example.com",
+        "GIT_COMMITTER_NAME": "Compose Test",
+        "GIT_COMMITTER_EMAIL": "compose@example.com",
+        "GIT_CONFIG_GLOBAL": os.devnull,
+        "GIT_TERMINAL_PROMPT": "0",
+    }
+    result = subprocess.run(
+        ["git", *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, f"git {args}: {result.stderr}"
+    return result.stdout.strip()
+
+
+@pytest.fixture
+def compose_database():
+    """A fresh database on the local Postgres, standing in for the compose `db` service."""
+    psycopg = pytest.importorskip("psycopg")
+    from psycopg import sql
+
+    try:
+        admin = psycopg.connect(**POSTGRES_ADMIN, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        message = f"Postgres on 127.0.0.1:5432 (user postgres) is unreachable: {exc}"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    name = f"gitdeploy_compose_{uuid.uuid4().hex[:12]}"
+    admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield f"postgres://postgres@127.0.0.1:5432/{name}"
+    finally:
+        admin.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+        admin.close()
+
+
+def host_path(value: str, tmp_path: Path) -> str:
+    for volume in CONTAINER_VOLUMES:
+        if value == volume or value.startswith(volume + "/"):
+            return str(tmp_path / "volumes") + value
+    if value.startswith("/app/"):
+        return str(PROJECT_ROOT / value.removeprefix("/app/"))
+    return value
+
+
+def service_environment(service: dict, tmp_path: Path, overrides: dict[str, str]) -> dict:
+    """What the container's environment would be: image ENV < env_file (.env) < environment:."""
+    active, documented = parse_env_example()
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        # The developer's own settings must not leak in and make the test pass by accident.
+        if key not in documented and key not in {"DJANGO_SETTINGS_MODULE", "GIT_DIR"}
+    }
+    env.update(dockerfile_env())
+    env.update(active)
+    env.update({key: str(value) for key, value in service["environment"].items()})
+    env = {key: host_path(value, tmp_path) for key, value in env.items()}
+    env.update(overrides)
+    return env
+
+
+def start_service(name: str, command: list[str], env: dict, tmp_path: Path):
+    (entrypoint,) = [
+        json.loads(args) for keyword, args in dockerfile_instructions() if keyword == "ENTRYPOINT"
+    ]
+    script = host_path(entrypoint[0], tmp_path)
+    log = (tmp_path / f"{name}.log").open("wb")
+    process = subprocess.Popen(
+        ["sh", script, *entrypoint[1:], *command],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    process.log_path = tmp_path / f"{name}.log"
+    return process
+
+
+def logs(*processes) -> str:
+    return "\n".join(
+        f"--- {p.log_path.name} (exit {p.poll()}) ---\n{p.log_path.read_text()[-6000:]}"
+        for p in processes
+    )
+
+
+def wait_for(condition, timeout: float, processes, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for process in processes:
+            if process.poll() is not None:
+                pytest.fail(
+                    f"{process.log_path.stem} exited while waiting for {what}\n" + logs(*processes)
+                )
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.2)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}\n" + logs(*processes))
+
+
+def http_get_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def signed_github_push(url: str, secret: str, after: str, clone_url: str) -> tuple[int, str]:
+    body = json.dumps(
+        {
+            "ref": "refs/heads/main",
+            "before": "0" * 40,
+            "after": after,
+            "created": True,
+            "deleted": False,
+            "forced": False,
+            "repository": {
+                "full_name": "octo/site",
+                "clone_url": clone_url,
+                "default_branch": "main",
+            },
+            "pusher": {"name": "octo", "email": "octo@example.com"},
+            "head_commit": {"id": after, "message": "v1"},
+        }
+    ).encode()
+    signature = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    request = urllib.request.Request(
+        url,
+        data=body,
+        method="POST",
+        headers={
+            "Content-Type": "application/json",
+            "User-Agent": "GitHub-Hookshot/compose-test",
+            "X-GitHub-Event": "push",
+            "X-GitHub-Delivery": str(uuid.uuid4()),
+            "X-Hub-Signature-256": f"sha256={signature}",
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def stop(process, timeout: float) -> int | None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+    return process.returncode
+
+
+@pytest.mark.processes
+def test_signed_push_reaches_the_checkout_through_web_and_worker(tmp_path, compose_database):
+    import psycopg
+
+    origin = tmp_path / "origin.git"
+    work = tmp_path / "work"
+    git("init", "--bare", "--initial-branch=main", origin)
+    git("init", "--initial-branch=main", work)
+    (work / "index.html").write_text("<h1>v1</h1>\n")
+    git("add", "index.html", cwd=work)
+    git("commit", "-m", "v1", cwd=work)
+    git("push", origin, "main", cwd=work)
+    sha = git("rev-parse", "HEAD", cwd=work)
+
+    port = free_port()
+    # The bind mount exists (and is empty) before the container starts, as ../repo does.
+    repo_dir = Path(host_path("/app/repo", tmp_path))
+    repo_dir.mkdir(parents=True)
+    services = load_compose()["services"]
+    overrides = {
+        "DATABASE_URL": compose_database,
+        "GIT_URL": origin.as_uri(),
+        "WEBHOOK_SECRET": WEBHOOK_TEST_SECRET,
+        "SECRET_KEY": "compose-wiring-test-secret-key-0123456789-abcdefghij",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "GIT_TERMINAL_PROMPT": "0",
+        "DB_WAIT_TIMEOUT": "20",
+        "MIGRATION_WAIT_TIMEOUT": "40",
+    }
+    web_command = list(services["web"]["command"])
+    web_command[web_command.index("--bind") + 1] = f"127.0.0.1:{port}"
+    web_env = service_environment(services["web"], tmp_path, overrides)
+    worker_env = service_environment(services["worker"], tmp_path, overrides)
+    assert web_env["REPO_DIR"] == worker_env["REPO_DIR"] == str(repo_dir)
+
+    # Both start at once, as `docker compose up` would once db is healthy: web migrates, the
+    # worker waits for the migrations instead of racing them.
+    web = start_service("web", web_command, web_env, tmp_path)
+    worker = start_service("worker", services["worker"]["command"], worker_env, tmp_path)
+    processes = (web, worker)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: http_get_ok(f"{base}/api/health"), 45, processes, "web's /api/health")
+
+        endpoint = web_env.get("API_ENDPOINT", "/api/webhook")
+        status, answer = signed_github_push(
+            base + endpoint, WEBHOOK_TEST_SECRET, sha, origin.as_uri()
+        )
+        assert status == 202, f"webhook answered {status}: {answer}\n" + logs(*processes)
+
+        def synced():
+            with psycopg.connect(compose_database, autocommit=True) as conn:
+                row = conn.execute(
+                    "SELECT status, deployed_commit, error FROM gitdeploy_syncrun"
+                    " ORDER BY id DESC LIMIT 1"
+                ).fetchone()
+            if row and row[0] == "failed":
+                pytest.fail(f"SyncRun failed: {row[2]}\n" + logs(*processes))
+            head = subprocess.run(
+                ["git", "-C", str(repo_dir), "rev-parse", "HEAD"], capture_output=True, text=True
+            ).stdout.strip()
+            return row is not None and row[0] == "succeeded" and row[1] == sha and head == sha
+
+        wait_for(synced, 60, processes, f"the checkout and the SyncRun at {sha[:12]}")
+        assert (repo_dir / "index.html").read_text() == "<h1>v1</h1>\n"
+    finally:
+        exit_codes = {p.log_path.stem: stop(p, 20) for p in processes}
+        for process in processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)  # our own session, started above
+                process.wait(5)
+    assert exit_codes == {"web": 0, "worker": 0}, "SIGTERM must stop both cleanly\n" + logs(
+        *processes
+    )
