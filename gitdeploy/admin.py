@@ -356,12 +356,6 @@ class RepositoryAdmin(TriggerMixin, admin.ModelAdmin):
             ]
         return list(dict.fromkeys(readonly))
 
-    def get_form(self, request, obj=None, change=False, **kwargs):
-        # The stored secret and raw clone URL never become form fields of an env repository.
-        if obj is not None and obj.managed_by_env:
-            kwargs["exclude"] = list({*(kwargs.get("exclude") or []), *ENV_FIELDS})
-        return super().get_form(request, obj, change, **kwargs)
-
     def get_formset_kwargs(self, request, obj, inline, prefix):
         kwargs = super().get_formset_kwargs(request, obj, inline, prefix)
         if isinstance(inline, SyncRunInline):
