@@ -9,6 +9,9 @@ import pytest
 # A git that needs a credential must fail at once in tests, never wait at a prompt.
 os.environ["GIT_TERMINAL_PROMPT"] = "0"
 
+# The git server fixtures (remote, git_daemon, http_server, ssh_server, ...) for every test file.
+pytest_plugins = ["tests.gitservers"]
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TEST_SECRET = "s3cret-for-tests"
 

@@ -10,7 +10,7 @@ from django_tasks_db.models import DBTaskResult
 
 from gitdeploy.models import SyncRun
 from gitdeploy.tasks import execute_run
-from tests.gitservers import HTTP_PASSWORD, HTTP_USER, git, http_server, remote  # noqa: F401
+from tests.gitservers import HTTP_PASSWORD, HTTP_USER, git
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -19,7 +19,7 @@ def head(path) -> str:
     return git("rev-parse", "HEAD", cwd=path)
 
 
-def test_a_queued_run_clones_then_updates_and_records_commits(make_repository, remote):  # noqa: F811
+def test_a_queued_run_clones_then_updates_and_records_commits(make_repository, remote):
     repository = make_repository(clone_url=remote.url, branch="main")
     first, _ = SyncRun.request(repository, trigger=SyncRun.Trigger.WEBHOOK, commit=remote.tip())
     execute_run(first.pk, worker_id="test-worker")
@@ -39,7 +39,7 @@ def test_a_queued_run_clones_then_updates_and_records_commits(make_repository, r
     assert second.deployed_commit == new_tip == head(repository.target_dir)
 
 
-def test_a_late_delivery_deploys_the_tip_not_its_older_commit(make_repository, remote):  # noqa: F811
+def test_a_late_delivery_deploys_the_tip_not_its_older_commit(make_repository, remote):
     repository = make_repository(clone_url=remote.url)
     old = remote.tip()
     newest = remote.commit({"a.txt": "new\n"}, "newer push")
@@ -50,7 +50,7 @@ def test_a_late_delivery_deploys_the_tip_not_its_older_commit(make_repository, r
     assert run.deployed_commit == newest
 
 
-def test_a_superseded_or_finished_run_is_not_run_again(make_repository, remote):  # noqa: F811
+def test_a_superseded_or_finished_run_is_not_run_again(make_repository, remote):
     repository = make_repository(clone_url=remote.url)
     run, _ = SyncRun.request(repository, trigger=SyncRun.Trigger.ADMIN)
     SyncRun.objects.filter(pk=run.pk).update(status=SyncRun.Status.SUPERSEDED)
@@ -59,7 +59,7 @@ def test_a_superseded_or_finished_run_is_not_run_again(make_repository, remote):
     assert run.status == SyncRun.Status.SUPERSEDED and run.started_at is None
 
 
-def test_the_default_branch_is_learned_from_the_sync(make_repository, remote):  # noqa: F811
+def test_the_default_branch_is_learned_from_the_sync(make_repository, remote):
     repository = make_repository(clone_url=remote.url, branch="")
     run, _ = SyncRun.request(repository, trigger=SyncRun.Trigger.CLI)
     execute_run(run.pk, worker_id="w")
@@ -94,7 +94,7 @@ def test_a_failed_fetch_is_retried_with_backoff_as_new_attempts(
     assert all("missing.git" in run.error for run in SyncRun.objects.all())
 
 
-def test_a_retry_keeps_the_directory_at_its_last_good_commit(make_repository, remote, tmp_path):  # noqa: F811
+def test_a_retry_keeps_the_directory_at_its_last_good_commit(make_repository, remote, tmp_path):
     repository = make_repository(clone_url=remote.url)
     run, _ = SyncRun.request(repository, trigger=SyncRun.Trigger.CLI)
     execute_run(run.pk, worker_id="w")
@@ -167,7 +167,7 @@ def test_a_roll_back_replaces_a_queued_tip_request(make_repository):
     assert tip.superseded_by_id == rollback.pk
 
 
-def test_manage_py_sync_runs_in_the_foreground_and_rolls_back(make_repository, remote, capsys):  # noqa: F811
+def test_manage_py_sync_runs_in_the_foreground_and_rolls_back(make_repository, remote, capsys):
     repository = make_repository(clone_url=remote.url)
     first = remote.tip()
     remote.commit({"b.txt": "b\n"}, "second")
@@ -189,7 +189,7 @@ def test_manage_py_sync_fails_loudly(make_repository, tmp_path):
         call_command("sync", "does-not-exist")
 
 
-def test_credentials_appear_in_no_stored_text(make_repository, remote, http_server):  # noqa: F811
+def test_credentials_appear_in_no_stored_text(make_repository, remote, http_server):
     url = http_server.url_for(remote).replace("http://", f"http://{HTTP_USER}:{HTTP_PASSWORD}@")
     repository = make_repository(clone_url=url)
     run, _ = SyncRun.request(repository, trigger=SyncRun.Trigger.CLI)

@@ -1,4 +1,4 @@
-"""Real `manage.py db_worker` processes: syncing, kill -9 recovery, SIGTERM, two workers and a burst.
+"""Real `manage.py db_worker` processes: syncing, kill -9 recovery, SIGTERM, a burst of pushes.
 
 The test process plays the web server (Django's test client posting signed webhooks) and the
 workers are subprocesses reading the same test database.
@@ -18,7 +18,7 @@ import pytest
 
 from gitdeploy.models import Delivery, SyncRun, WorkerHeartbeat
 from tests.conftest import PROJECT_ROOT, TEST_SECRET, is_sqlite
-from tests.gitservers import git, remote  # noqa: F401
+from tests.gitservers import git
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.processes]
 
@@ -109,7 +109,7 @@ def finished(run_id):
     return run if run.is_finished else None
 
 
-def test_a_worker_process_syncs_a_pushed_commit(client, make_repository, remote, start_worker):  # noqa: F811
+def test_a_worker_process_syncs_a_pushed_commit(client, make_repository, remote, start_worker):
     repository = make_repository(clone_url=remote.url)
     worker = start_worker()
     wait_for(WorkerHeartbeat.latest, timeout=30, message="the worker's first heartbeat")
@@ -130,7 +130,7 @@ def test_a_worker_process_syncs_a_pushed_commit(client, make_repository, remote,
 def test_kill_9_mid_sync_is_recovered_and_leaves_a_consistent_directory(
     client,
     make_repository,
-    remote,  # noqa: F811
+    remote,
     start_worker,
     tmp_path,
 ):
@@ -179,7 +179,7 @@ def test_kill_9_mid_sync_is_recovered_and_leaves_a_consistent_directory(
 
 def test_sigterm_lets_the_current_run_finish(
     client, make_repository, remote, start_worker, tmp_path
-):  # noqa: F811
+):
     started = tmp_path / "post-deploy-started"
     repository = make_repository(
         clone_url=remote.url, post_deploy_command=f'touch "{started}"; sleep 2; echo finished'
@@ -199,7 +199,7 @@ def test_sigterm_lets_the_current_run_finish(
 def test_a_burst_of_pushes_gives_at_most_three_syncs_and_ends_at_the_last_commit(
     client,
     make_repository,
-    remote,  # noqa: F811
+    remote,
     start_worker,
 ):
     repository = make_repository(clone_url=remote.url, post_deploy_command="sleep 1")
