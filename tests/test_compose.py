@@ -375,8 +375,9 @@ def test_scripts_are_executable():
 
 WEBHOOK_TEST_SECRET = "compose-wiring-webhook-secret"
 POSTGRES_ADMIN = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "postgres"}
-# Where the image's paths land on the host: volumes in tmp_path, the code in the project itself.
-CONTAINER_VOLUMES = ("/app/repo", "/app/data")
+# Where the image's paths land on the host: volumes and build output in tmp_path, the code in the
+# project itself.
+CONTAINER_VOLUMES = ("/app/repo", "/app/data", "/app/staticfiles")
 
 
 def free_port() -> int:
@@ -450,6 +451,23 @@ def service_environment(service: dict, tmp_path: Path, overrides: dict[str, str]
     env = {key: host_path(value, tmp_path) for key, value in env.items()}
     env.update(overrides)
     return env
+
+
+def run_build_collectstatic(tmp_path: Path) -> Path:
+    """The Dockerfile's collectstatic steps (up to collectstatic itself), with /app/... mapped."""
+    (run,) = [a for k, a in dockerfile_instructions() if k == "RUN" and "collectstatic" in a]
+    steps = [step.strip() for step in run.split("&&")]
+    steps = steps[: next(i for i, step in enumerate(steps) if "collectstatic" in step) + 1]
+    script = " && ".join(steps)
+    for path in ("/app/staticfiles",):
+        script = script.replace(path, host_path(path, tmp_path))
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "SECRET_KEY"}}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    result = subprocess.run(
+        ["sh", "-c", script], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return Path(host_path("/app/staticfiles", tmp_path))
 
 
 def start_service(name: str, command: list[str], env: dict, tmp_path: Path):
@@ -562,6 +580,11 @@ def test_signed_push_reaches_the_checkout_through_web_and_worker(tmp_path, compo
     git("push", origin, "main", cwd=work)
     sha = git("rev-parse", "HEAD", cwd=work)
 
+    # What `docker build` does: static files collected with a throwaway key and no database.
+    static_root = run_build_collectstatic(tmp_path)
+    manifest = json.loads((static_root / "staticfiles.json").read_text())
+    assert "admin/css/base.css" in manifest["paths"]
+
     port = free_port()
     # The bind mount exists (and is empty) before the container starts, as ../repo does.
     repo_dir = Path(host_path("/app/repo", tmp_path))
@@ -591,6 +614,9 @@ def test_signed_push_reaches_the_checkout_through_web_and_worker(tmp_path, compo
     try:
         base = f"http://127.0.0.1:{port}"
         wait_for(lambda: http_get_ok(f"{base}/api/health"), 45, processes, "web's /api/health")
+        # whitenoise serves the build's hashed files.
+        css = manifest["paths"]["admin/css/base.css"]
+        assert http_get_ok(f"{base}/static/{css}"), f"/static/{css}\n" + logs(*processes)
 
         endpoint = web_env.get("API_ENDPOINT", "/api/webhook")
         status, answer = signed_github_push(
