@@ -21,7 +21,7 @@ from django.http import HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 from django.utils import timezone
-from django.utils.html import format_html, format_html_join
+from django.utils.html import escape, format_html, format_html_join
 from django.views.decorators.http import require_POST
 
 from gitdeploy.environment import ENV_FIELDS
@@ -210,6 +210,9 @@ class RepositoryForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         if not self.instance.pk:
             self.fields["generate_secret"].initial = True
+        for field in self.fields.values():
+            # The admin renders help texts as HTML; the model's say "/hooks/<slug>/" literally.
+            field.help_text = escape(field.help_text)
         if "clone_url" in self.fields and self._stored_url_has_credentials():
             # Never echo stored credentials into the HTML: the field starts with the redacted
             # form, which clean_clone_url() maps back to the stored value if left untouched.
@@ -256,7 +259,7 @@ class SyncRunInline(admin.TabularInline):
         "run_link",
         "status_display",
         "trigger",
-        "triggered_by_label",
+        "who",
         "commits",
         "queued_at",
         "finished_at",
@@ -285,6 +288,10 @@ class SyncRunInline(admin.TabularInline):
     @admin.display(description="status")
     def status_display(self, run):
         return status_badge(run.status, run.get_status_display())
+
+    @admin.display(description="triggered by")
+    def who(self, run):
+        return run.triggered_by_label or "—"
 
     @admin.display(description="previous → deployed")
     def commits(self, run):
