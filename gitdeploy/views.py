@@ -63,7 +63,16 @@ def webhook(request, slug: str, env_only: bool = False):
         logger.exception("Database unreachable while receiving a webhook for %r", slug)
         return _database_unavailable()
     # API_ENDPOINT serves only the repository configured by the environment.
-    if repository is None or (env_only and not repository.managed_by_env):
+    if env_only and (repository is None or not repository.managed_by_env):
+        return _json(
+            404,
+            {
+                "status": "error",
+                "reason": f"{settings.API_ENDPOINT} serves the repository configured by GIT_URL "
+                "and REPO_DIR, and they are not set (or `manage.py migrate` has not run since)",
+            },
+        )
+    if repository is None:
         return _json(404, {"status": "error", "reason": f"no repository {slug!r}"})
 
     declared_size = None
