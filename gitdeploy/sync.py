@@ -491,7 +491,7 @@ class _Session:
         stderr = result.stderr.decode("utf-8", "replace").strip()
         if result.timed_out:
             raise self.error(
-                f"git {args[0]} timed out after {self.spec.git_timeout:g}s and was killed"
+                f"git {_subcommand(args)} timed out after {self.spec.git_timeout:g}s and was killed"
                 + (f": {stderr}" if stderr else ""),
                 retryable=True,
             )
@@ -578,6 +578,7 @@ class _Session:
         return sha
 
     def check_origin(self, repo_path: str) -> None:
+        """Refuses a repository whose origin is another remote (read-only: touches nothing)."""
         try:
             raw = git.Repo(repo_path).remote("origin").url
         except (ValueError, git.exc.GitError, OSError):
@@ -589,8 +590,11 @@ class _Session:
                 "refusing to touch it",
                 retryable=False,
             )
-        if raw != self.url:  # an operator's clone with a token in its URL: keep none on disk
-            self.git("--git-dir", _git_dir(repo_path), "remote", "set-url", "origin", self.url)
+
+    def fix_origin(self, git_dir: str) -> None:
+        # An operator's clone may carry a token in its origin URL: keep none on disk.
+        if git.Repo(git_dir).remote("origin").url != self.url:
+            self.git("--git-dir", git_dir, "remote", "set-url", "origin", self.url)
 
     def clear_stale_locks(self, git_dir: str, work_dir: str) -> None:
         locks = []
@@ -696,11 +700,6 @@ def _subcommand(args: tuple[str, ...]) -> str:
     return "command"
 
 
-def _git_dir(path: str) -> str:
-    dot_git = os.path.join(path, ".git")
-    return dot_git if os.path.isdir(dot_git) else path
-
-
 def _git_processes_in(work_dir: str, locks: list[str]) -> list[tuple[int, str]]:
     """Running git processes whose cwd is under work_dir or that have one of the locks open."""
     base = os.path.realpath(work_dir)
@@ -748,6 +747,7 @@ def _sync_inplace(s: _Session) -> SyncResult:
     if os.path.isdir(dot_git):
         s.check_origin(target)
         s.clear_stale_locks(dot_git, target)
+        s.fix_origin(dot_git)
         s.previous = current_commit(target, "inplace")
         s.say(f"Existing clone at {s.previous or '(no commit yet)'}")
     elif _is_empty_dir(target):
@@ -791,6 +791,7 @@ def _sync_atomic(s: _Session) -> SyncResult:
     if os.path.isdir(store):
         s.check_origin(store)
         s.clear_stale_locks(store, target)
+        s.fix_origin(store)
         s.previous = current_commit(target, "atomic")
         s.say(f"Existing release store; current is {s.previous or '(none)'}")
     elif not os.path.exists(target) or _is_empty_dir(target):

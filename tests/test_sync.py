@@ -10,13 +10,11 @@ from pathlib import Path
 
 import pytest
 
-# The fixtures (remote, git_daemon, hung_server, ...) come in as a plugin; asserts in its helpers
-# are rewritten only if registered before the import below.
-pytest_plugins = ["tests.gitservers"]
-pytest.register_assert_rewrite("tests.gitservers")
+from gitdeploy.sync import SyncError, current_commit, redact
+from tests.gitservers import GIT_ENV, Remote, deploy, git, run_git_daemon
 
-from gitdeploy.sync import SyncError, current_commit, redact  # noqa: E402
-from tests.gitservers import GIT_ENV, Remote, deploy, git, run_git_daemon  # noqa: E402
+# Fixtures (remote, git_daemon, hung_server, ...) come from tests.gitservers, which tests/conftest.py
+# loads as a plugin.
 
 
 def head(path) -> str:
@@ -110,6 +108,21 @@ def test_roll_back_on_a_shallow_clone_fetches_the_missing_commit(remote, tmp_pat
 
     assert result.deployed_commit == old == head(target)
     assert (target / "README.md").read_text() == "hello\n"
+
+
+def test_roll_back_on_a_shallow_clone_deepens_when_the_server_refuses_a_sha(remote, tmp_path):
+    # Protocol v0 servers only hand out advertised refs: fetching the commit by id fails, so the
+    # history is deepened instead.
+    target = tmp_path / "site"
+    old = remote.tip()
+    remote.commit({"README.md": "v1\n"}, "v1")
+    deploy(remote.url, target, depth=1)
+    git("config", "protocol.version", "0", cwd=target)
+
+    result = deploy(remote.url, target, depth=1, commit=old)
+
+    assert result.deployed_commit == old == head(target)
+    assert "fetching the full history" in result.log
 
 
 def test_unknown_commit_is_refused_and_nothing_moves(remote, tmp_path):

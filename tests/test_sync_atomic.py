@@ -1,0 +1,118 @@
+"""DEPLOY_MODE=atomic: releases/<sha> worktrees, a relative `current` symlink switched atomically."""
+
+import os
+
+import pytest
+
+from gitdeploy.sync import SyncError, current_commit
+from tests.gitservers import deploy, git
+
+
+def releases(target):
+    return sorted(p.name for p in (target / "releases").iterdir())
+
+
+def test_first_deploy_makes_a_release_and_a_relative_current_link(remote, tmp_path):
+    target = tmp_path / "volume"
+    target.mkdir()  # an existing empty directory (a volume) is accepted
+    sha = remote.tip()
+
+    result = deploy(remote.url, target, deploy_mode="atomic")
+
+    assert result.deployed_commit == sha
+    assert result.deployed_path == str(target / "releases" / sha)
+    assert os.readlink(target / "current") == f"releases/{sha}"
+    assert (target / "current" / "README.md").read_text() == "hello\n"
+    assert (
+        git("rev-parse", "--is-bare-repository", cwd=target / ".gitdeploy" / "repo.git") == "true"
+    )
+    assert current_commit(str(target), "atomic") == sha
+    assert not [n for n in os.listdir(target) if n.startswith("current.tmp")]
+
+
+def test_new_commits_switch_current_and_old_releases_are_pruned(remote, tmp_path):
+    target = tmp_path / "site"
+    shas = [deploy(remote.url, target, deploy_mode="atomic", keep_releases=2).deployed_commit]
+    for n in range(3):
+        remote.commit({"README.md": f"v{n}\n"}, f"v{n}")
+        result = deploy(remote.url, target, deploy_mode="atomic", keep_releases=2)
+        assert result.previous_commit == shas[-1]
+        shas.append(result.deployed_commit)
+
+    assert os.readlink(target / "current") == f"releases/{shas[-1]}"
+    assert (target / "current" / "README.md").read_text() == "v2\n"
+    assert releases(target) == sorted(shas[-2:])
+    worktrees = git("worktree", "list", "--porcelain", cwd=target / ".gitdeploy" / "repo.git")
+    assert shas[0] not in worktrees and shas[-1] in worktrees
+
+
+def test_roll_back_reuses_a_kept_release(remote, tmp_path):
+    target = tmp_path / "site"
+    old = deploy(remote.url, target, deploy_mode="atomic").deployed_commit
+    remote.commit({"README.md": "v2\n"}, "v2")
+    deploy(remote.url, target, deploy_mode="atomic")
+
+    result = deploy(remote.url, target, deploy_mode="atomic", commit=old)
+
+    assert "Reusing releases/" in result.log
+    assert os.readlink(target / "current") == f"releases/{old}"
+    assert (target / "current" / "README.md").read_text() == "hello\n"
+
+
+def test_post_deploy_runs_in_the_new_release_before_the_switch(remote, tmp_path):
+    target = tmp_path / "site"
+    old = deploy(remote.url, target, deploy_mode="atomic").deployed_commit
+    new = remote.commit({"README.md": "v2\n"}, "v2")
+
+    deploy(
+        remote.url,
+        target,
+        deploy_mode="atomic",
+        post_deploy_command="pwd > ../../seen; readlink ../../current >> ../../seen",
+    )
+
+    seen = (target / "seen").read_text().splitlines()
+    assert seen == [str(target / "releases" / new), f"releases/{old}"]
+
+
+def test_post_deploy_failure_leaves_current_where_it_was(remote, tmp_path):
+    target = tmp_path / "site"
+    old = deploy(remote.url, target, deploy_mode="atomic").deployed_commit
+    remote.commit({"README.md": "broken\n"}, "broken")
+
+    with pytest.raises(SyncError) as caught:
+        deploy(remote.url, target, deploy_mode="atomic", post_deploy_command="exit 7")
+
+    assert caught.value.post_deploy_exit_code == 7
+    assert not caught.value.retryable
+    assert caught.value.deployed_commit == ""
+    assert caught.value.previous_commit == old
+    assert os.readlink(target / "current") == f"releases/{old}"
+    assert (target / "current" / "README.md").read_text() == "hello\n"
+
+
+def test_releases_of_failed_runs_are_pruned_by_a_later_success(remote, tmp_path):
+    target = tmp_path / "site"
+    old = deploy(remote.url, target, deploy_mode="atomic", keep_releases=1).deployed_commit
+    for n in range(2):
+        remote.commit({"README.md": f"bad{n}\n"}, f"bad{n}")
+        with pytest.raises(SyncError):
+            deploy(remote.url, target, deploy_mode="atomic", keep_releases=1,
+                   post_deploy_command="false")  # fmt: skip
+    newest = remote.commit({"README.md": "good\n"}, "good")
+    deploy(remote.url, target, deploy_mode="atomic", keep_releases=1)
+
+    assert releases(target) == [newest]
+    assert old != newest
+
+
+def test_foreign_directory_is_refused_in_atomic_mode(remote, tmp_path):
+    target = tmp_path / "site"
+    target.mkdir()
+    (target / "index.html").write_text("x")
+
+    with pytest.raises(SyncError) as caught:
+        deploy(remote.url, target, deploy_mode="atomic")
+
+    assert not caught.value.retryable
+    assert os.listdir(target) == ["index.html"]
