@@ -13,8 +13,8 @@ import pytest
 from gitdeploy.sync import SyncError, current_commit, redact
 from tests.gitservers import GIT_ENV, Remote, deploy, git, run_git_daemon
 
-# Fixtures (remote, git_daemon, hung_server, ...) come from tests.gitservers, which tests/conftest.py
-# loads as a plugin.
+# Fixtures (remote, git_daemon, hung_server, ...) come from tests.gitservers, loaded as a plugin
+# by tests/conftest.py.
 
 
 def head(path) -> str:

@@ -1,4 +1,4 @@
-"""DEPLOY_MODE=atomic: releases/<sha> worktrees, a relative `current` symlink switched atomically."""
+"""DEPLOY_MODE=atomic: releases/<sha> worktrees, a relative `current` symlink switched at once."""
 
 import os
 

@@ -1,4 +1,4 @@
-"""The post-deploy command: where and with what environment it runs, its output, exit code, timeout."""
+"""The post-deploy command: where and with what environment it runs, output, exit code, timeout."""
 
 import os
 import time
