@@ -5,6 +5,7 @@ API_ENDPOINT, VERSION, TITLE, DESCRIPTION, CONTACT_*) keep their meaning and def
 """
 
 import os
+import sys
 from pathlib import Path
 
 import environ
@@ -199,12 +200,18 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(os.environ.get("STATIC_ROOT") or BASE_DIR / "staticfiles")
+# Hashed, compressed files (long cache headers) once `collectstatic` has written its manifest, as
+# the image does at build time; `collectstatic` itself must use that storage to write the manifest.
+# Without it (make run, tests) plain names are served straight from the apps' static dirs.
+_MANIFEST_STORAGE = not DEBUG and (
+    STATIC_ROOT.joinpath("staticfiles.json").exists() or "collectstatic" in sys.argv
+)
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
         "BACKEND": (
             "whitenoise.storage.CompressedManifestStaticFilesStorage"
-            if not DEBUG and STATIC_ROOT.joinpath("staticfiles.json").exists()
+            if _MANIFEST_STORAGE
             else "django.contrib.staticfiles.storage.StaticFilesStorage"
         )
     },
