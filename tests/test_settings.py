@@ -1,0 +1,76 @@
+"""Configuration from the environment: bad values stop start-up with a message that names them."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from project.settings import env_bool, env_int
+from tests.conftest import PROJECT_ROOT
+
+
+def start_django(**env) -> subprocess.CompletedProcess:
+    base = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in {"DJANGO_SETTINGS_MODULE", "SECRET_KEY", "DEBUG"}
+    }
+    base.update(DJANGO_SETTINGS_MODULE="project.settings", **env)
+    return subprocess.run(
+        [sys.executable, "-c", "import django; django.setup(); print('started')"],
+        cwd=PROJECT_ROOT,
+        env=base,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    "raw, expected", [("true", True), ("False", False), ("1", True), ("off", False)]
+)
+def test_boolean_spellings(monkeypatch, raw, expected):
+    monkeypatch.setenv("SOME_FLAG", raw)
+    assert env_bool("SOME_FLAG", not expected) is expected
+
+
+def test_unset_or_empty_boolean_takes_the_default(monkeypatch):
+    monkeypatch.delenv("SOME_FLAG", raising=False)
+    assert env_bool("SOME_FLAG", True) is True
+    monkeypatch.setenv("SOME_FLAG", "")
+    assert env_bool("SOME_FLAG", True) is True
+
+
+@pytest.mark.parametrize("raw", ["ture", "enabled", "2", "y e s"])
+def test_anything_else_is_refused(monkeypatch, raw):
+    monkeypatch.setenv("SOME_FLAG", raw)
+    with pytest.raises(ImproperlyConfigured, match="SOME_FLAG"):
+        env_bool("SOME_FLAG", False)
+
+
+def test_numbers_are_checked(monkeypatch):
+    monkeypatch.setenv("SOME_NUMBER", "ten")
+    with pytest.raises(ImproperlyConfigured, match="SOME_NUMBER"):
+        env_int("SOME_NUMBER", 1)
+
+
+def test_a_misspelt_boolean_stops_start_up():
+    result = start_django(SECRET_KEY="x" * 50, ALLOW_UNSIGNED_WEBHOOKS="ture")
+    assert result.returncode != 0
+    assert "ALLOW_UNSIGNED_WEBHOOKS='ture' is not a boolean" in result.stderr
+
+
+def test_secret_key_is_required_unless_debug():
+    refused = start_django()
+    assert refused.returncode != 0 and "SECRET_KEY" in refused.stderr
+    allowed = start_django(DEBUG="true")
+    assert allowed.returncode == 0, allowed.stderr
+
+
+def test_secret_key_can_come_from_a_file(tmp_path):
+    key_file = tmp_path / "secret_key"
+    key_file.write_text("k" * 50 + "\n")
+    result = start_django(SECRET_KEY_FILE=str(key_file))
+    assert result.returncode == 0, result.stderr
