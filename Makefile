@@ -7,8 +7,9 @@ HOST ?= 127.0.0.1
 PORT ?= 8880
 WEB_CONCURRENCY ?= 2
 # `make run` keeps a generated key in data/secret_key unless SECRET_KEY(_FILE) is given.
+# (Only for the targets that serve; tests and checks bring their own.)
 ifeq ($(SECRET_KEY)$(SECRET_KEY_FILE),)
-export SECRET_KEY_FILE := $(CURDIR)/data/secret_key
+migrate run web worker: export SECRET_KEY_FILE := $(CURDIR)/data/secret_key
 endif
 
 .PHONY: help install install-test run web worker migrate test lint check-migrations check-deploy ci bench clean
