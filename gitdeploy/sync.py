@@ -388,7 +388,11 @@ class _Session:
         self.secrets = [s for s in secrets if s]
         self.previous = ""
         self.tempdir = ""
-        self.env = self._git_environ()
+        try:
+            self.env = self._git_environ()
+        except BaseException:
+            self.close()
+            raise
 
     # -- logging, errors, heartbeats
     def say(self, text: str) -> None:
@@ -439,11 +443,10 @@ class _Session:
         return env
 
     def _is_ssh(self) -> bool:
-        scheme = urlsplit(self.url).scheme.lower()
-        if scheme in ("ssh", "git+ssh", "ssh+git"):
-            return True
-        # scp-like syntax: [user@]host:path (no scheme, a colon before any slash)
-        return not scheme and ":" in self.url.split("/", 1)[0]
+        if "://" in self.url:
+            return urlsplit(self.url).scheme.lower() in ("ssh", "git+ssh", "ssh+git")
+        # scp-like syntax: [user@]host:path (a colon before any slash)
+        return ":" in self.url.split("/", 1)[0]
 
     def known_hosts_file(self) -> str:
         if self.spec.ssh_known_hosts_file:
@@ -456,7 +459,7 @@ class _Session:
         spec = self.spec
         argv = ["ssh"]
         if spec.ssh_key_file:
-            argv += ["-i", spec.ssh_key_file, "-o", "IdentitiesOnly=yes"]
+            argv += ["-i", self._private_key_copy(), "-o", "IdentitiesOnly=yes"]
         checking = "yes" if spec.ssh_known_hosts_file else "accept-new"
         argv += [
             "-o", "BatchMode=yes",
@@ -465,6 +468,19 @@ class _Session:
             "-F", "/dev/null",
         ]  # fmt: skip
         return shlex.join(argv)
+
+    def _private_key_copy(self) -> str:
+        # ssh refuses a key readable by others, and Docker secrets / volumes often mount files 0444:
+        # use a 0600 copy in our private temporary directory.
+        if not self.tempdir:
+            self.tempdir = tempfile.mkdtemp(prefix="gitdeploy-")
+        copy = os.path.join(self.tempdir, "ssh_key")
+        with open(self.spec.ssh_key_file, "rb") as key:
+            data = key.read()
+        fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        return copy
 
     def close(self) -> None:
         if self.tempdir:
@@ -880,8 +896,11 @@ def sync(
     log receives each (redacted) log line as it happens; heartbeat is called about once a second
     while git or the post-deploy command runs. Raises SyncError (redacted message and log).
     """
-    session = _Session(spec, log, heartbeat)
+    session = None
     try:
+        session = _Session(spec, log, heartbeat)
+        if spec.clone_url.startswith("-"):  # would be read as an option by git
+            raise session.error("the clone URL cannot start with '-'", retryable=False)
         if not os.path.isabs(spec.target_dir):
             raise session.error(
                 f"target directory {spec.target_dir!r} is not absolute", retryable=False
@@ -895,5 +914,15 @@ def sync(
             result = _sync_inplace(session)
         result.log = "\n".join(session.lines)
         return result
+    except (
+        OSError,
+        git.exc.GitError,
+    ) as exc:  # a file system problem (permissions, disk full, ...)
+        secrets = session.secrets if session else [spec.token, split_credentials(spec.clone_url)[2]]
+        message = f"{type(exc).__name__}: {exc}"
+        if session is None:
+            raise SyncError(redact(message, secrets), retryable=False) from None
+        raise session.error(message, retryable=False) from None
     finally:
-        session.close()
+        if session is not None:
+            session.close()

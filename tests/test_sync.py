@@ -348,6 +348,14 @@ def test_relative_target_is_refused(remote):
         deploy(remote.url, "relative/site")
 
 
+def test_file_system_errors_become_sync_errors(remote, tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(SyncError) as caught:
+        deploy(remote.url, tmp_path / "a-file" / "site")
+    assert not caught.value.retryable
+    assert "NotADirectoryError" in caught.value.message
+
+
 def test_redact_strips_url_credentials_and_secrets():
     text = "fetch https://bob:hunter2@example.com/x.git and http://tok3n@h/y token=abc123XYZ ok"
     out = redact(text, ["abc123XYZ"])

@@ -82,6 +82,7 @@ def test_wrong_or_absent_token_fails_fast_without_a_prompt(remote, http_server, 
 def test_ssh_deploy_key_with_accept_new(remote, ssh_server, tmp_path):
     target = tmp_path / "site"
     url = ssh_server.url_for(remote)
+    ssh_server.client_key.chmod(0o644)  # as a Docker secret often is: ssh would refuse it as is
 
     first = deploy(url, target, ssh_key_file=str(ssh_server.client_key))
     known_hosts = target / ".git" / "gitdeploy_known_hosts"
@@ -122,3 +123,10 @@ def test_an_operators_clone_with_a_token_in_origin_is_adopted_and_cleaned(
     assert result.previous_commit == result.deployed_commit == remote.tip()
     assert git("config", "remote.origin.url", cwd=target) == clean_url
     assert_secret_nowhere(HTTP_PASSWORD, result.log, target=target)
+
+
+def test_a_missing_ssh_key_is_a_clear_error(remote, ssh_server, tmp_path):
+    with pytest.raises(SyncError) as caught:
+        deploy(ssh_server.url_for(remote), tmp_path / "site", ssh_key_file=str(tmp_path / "nokey"))
+    assert not caught.value.retryable
+    assert "nokey" in caught.value.message
