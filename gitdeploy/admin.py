@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from django import forms
 from django.conf import settings
@@ -21,7 +21,7 @@ from django.http import HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 from django.utils import timezone
-from django.utils.html import escape, format_html, format_html_join
+from django.utils.html import escape, format_html
 from django.views.decorators.http import require_POST
 
 from gitdeploy.environment import ENV_FIELDS
@@ -73,6 +73,32 @@ def format_duration(delta) -> str:
         return f"{minutes} min {seconds} s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes} min"
+
+
+# Headers whose value is a credential, whatever the webhook view stored.
+SECRET_HEADERS = {"authorization", "proxy-authorization", "cookie", "x-gitlab-token"}
+
+
+def known_secrets(repository: Repository) -> list[str]:
+    """Credential strings that must never reach a page: the webhook secret, the clone URL's
+    password or token, and the environment's token. Short values are skipped: masking "git" in a
+    log would hide nothing and garble everything."""
+    values = [repository.webhook_secret, settings.GIT_TOKEN, settings.WEBHOOK_SECRET]
+    try:
+        parts = urlsplit(repository.clone_url)
+        # https://TOKEN@host/...: without a password, the user name is the token.
+        values.append(parts.password or parts.username or "")
+    except ValueError:
+        pass
+    return sorted({v for v in values if v and len(v) >= 8}, key=len, reverse=True)
+
+
+def scrub(text: str, repository: Repository) -> str:
+    """Defence in depth: the webhook view and the worker redact what they store, and this makes
+    sure an old row or a missed spot still does not put a credential on screen."""
+    for secret in known_secrets(repository):
+        text = text.replace(secret, "***")
+    return text
 
 
 def pretty_text(raw: str) -> str:
@@ -424,6 +450,8 @@ class RepositoryAdmin(TriggerMixin, admin.ModelAdmin):
             ),
             "can_trigger": can_trigger(request),
             "redeploy_url": reverse("admin:gitdeploy_repository_redeploy", args=[obj.pk]),
+            # Until the first delivery arrives, the set-up instructions are what the page is for.
+            "show_setup": not obj.deliveries.exists(),
         }
 
     # --- computed fields ------------------------------------------------------------------------
@@ -449,22 +477,38 @@ class RepositoryAdmin(TriggerMixin, admin.ModelAdmin):
     def branch_display(self, obj):
         return obj.tracked_branch or "remote default"
 
+    def get_queryset(self, request):
+        # The list's columns from subqueries: one query for the page, not three per repository.
+        runs = SyncRun.objects.filter(repository=OuterRef("pk"))
+        deployed = runs.filter(status=SyncRun.Status.SUCCEEDED).order_by("-finished_at", "-pk")
+        last = runs.order_by("-queued_at", "-pk")
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                deployed_commit=Subquery(deployed.values("deployed_commit")[:1]),
+                last_run_id=Subquery(last.values("pk")[:1]),
+                last_run_status=Subquery(last.values("status")[:1]),
+                provider_hint=latest_provider(OuterRef("pk")),
+            )
+        )
+
     @admin.display(description="deployed")
     def deployed(self, obj):
-        run = obj.last_successful_run()
-        if run is None:
+        sha = getattr(obj, "deployed_commit", None)
+        if not sha:
             return "—"
-        return commit_html(obj.clone_url, run.deployed_commit, provider_of(obj))
+        return commit_html(obj.clone_url, sha, obj.provider_hint or "")
 
     @admin.display(description="last run")
     def last_status(self, obj):
-        run = obj.last_run()
-        if run is None:
+        if not getattr(obj, "last_run_id", None):
             return "—"
+        label = SyncRun.Status(obj.last_run_status).label
         return format_html(
             '<a href="{}">{}</a>',
-            admin_url(run),
-            status_badge(run.status, run.get_status_display()),
+            reverse("admin:gitdeploy_syncrun_change", args=[obj.last_run_id]),
+            status_badge(obj.last_run_status, label),
         )
 
     @admin.display(description="env", boolean=True)
@@ -625,8 +669,7 @@ class SyncRunAdmin(TriggerMixin, ReadOnlyAdmin):
     @admin.display(description="triggered by")
     def who(self, run):
         user = run.triggered_by
-        name = run.triggered_by_label or (user.get_username() if user else "")
-        return f"{run.get_trigger_display()}: {name}" if name else run.get_trigger_display()
+        return run.triggered_by_label or (user.get_username() if user else "") or "—"
 
     @admin.display(description="previous → deployed")
     def commits(self, run):
@@ -640,13 +683,13 @@ class SyncRunAdmin(TriggerMixin, ReadOnlyAdmin):
     def error_display(self, run):
         if not run.error:
             return "—"
-        return format_html('<pre class="gd-pre">{}</pre>', run.error)
+        return format_html('<pre class="gd-pre">{}</pre>', scrub(run.error, run.repository))
 
     @admin.display(description="log")
     def log_display(self, run):
         if not run.log:
             return "—"
-        return format_html('<pre class="gd-pre gd-log">{}</pre>', run.log)
+        return format_html('<pre class="gd-pre gd-log">{}</pre>', scrub(run.log, run.repository))
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         extra_context = extra_context or {}
@@ -754,7 +797,15 @@ class DeliveryAdmin(TriggerMixin, ReadOnlyAdmin):
         ),
         (
             "Verdict",
-            {"fields": ["verdict_display", "reason", "status_code", "signature", "run_link"]},
+            {
+                "fields": [
+                    "verdict_display",
+                    "reason_display",
+                    "status_code",
+                    "signature",
+                    "run_link",
+                ]
+            },
         ),
         ("Push", {"fields": ["ref", "before", "after"]}),
         (
@@ -800,10 +851,12 @@ class DeliveryAdmin(TriggerMixin, ReadOnlyAdmin):
         headers = delivery.headers or {}
         if not headers:
             return "—"
-        rows = format_html_join(
-            "\n", "{}: {}", sorted((str(k), str(v)) for k, v in dict(headers).items())
+        rows = sorted(
+            (str(name), "***" if str(name).lower() in SECRET_HEADERS else str(value))
+            for name, value in dict(headers).items()
         )
-        return format_html('<pre class="gd-pre">{}</pre>', rows)
+        text = scrub("\n".join(f"{name}: {value}" for name, value in rows), delivery.repository)
+        return format_html('<pre class="gd-pre">{}</pre>', text)
 
     @admin.display(description="body")
     def body_display(self, delivery):
@@ -814,8 +867,12 @@ class DeliveryAdmin(TriggerMixin, ReadOnlyAdmin):
             '<details open><summary>{} bytes{}</summary><pre class="gd-pre">{}</pre></details>',
             delivery.body_size,
             note,
-            pretty_text(delivery.body),
+            scrub(pretty_text(delivery.body), delivery.repository),
         )
+
+    @admin.display(description="reason")
+    def reason_display(self, delivery):
+        return scrub(delivery.reason, delivery.repository) or "—"
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         extra_context = extra_context or {}

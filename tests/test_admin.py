@@ -660,3 +660,76 @@ def test_ensure_superuser_reads_a_password_file(monkeypatch, tmp_path):
     secret_file.write_text("from-a-file-789\n")
     run_ensure_superuser(monkeypatch, USERNAME="admin", PASSWORD_FILE=str(secret_file))
     assert User.objects.get(username="admin").check_password("from-a-file-789")
+
+
+def test_credentials_stored_by_mistake_are_masked_on_screen(client, root, site):
+    # Old Gitea payloads carried the secret in the body; a log line might carry the clone URL.
+    run = SyncRun.objects.create(
+        repository=site,
+        trigger="webhook",
+        status="failed",
+        log=f"fatal: unable to access 'https://deploy:{TOKEN}@github.com/acme/site.git/'\n",
+        error=f"git fetch failed for {TOKEN}",
+    )
+    delivery = Delivery.objects.create(
+        repository=site,
+        provider="gitlab",
+        event="Push Hook",
+        headers={"X-Gitlab-Token": "some-other-token-value", "Authorization": "Basic abc"},
+        body=json.dumps({"secret": SECRET, "ref": "refs/heads/main"}),
+        verdict="rejected",
+        reason=f"bad token {SECRET}",
+        status_code=401,
+        sync_run=run,
+    )
+    client_for(client, root)
+    for url in [
+        reverse("admin:gitdeploy_syncrun_change", args=[run.pk]),
+        reverse("admin:gitdeploy_delivery_change", args=[delivery.pk]),
+    ]:
+        page = body_of(client.get(url))
+        assert TOKEN not in page and SECRET not in page, url
+        assert "some-other-token-value" not in page and "Basic abc" not in page, url
+        assert "***" in page, url
+
+
+def test_repository_list_shows_deployed_commit_and_last_run(
+    client, viewer, site, succeeded_run, django_assert_max_num_queries, tmp_path
+):
+    for n in range(10):
+        repo = Repository.objects.create(
+            name=f"r{n}", slug=f"r{n}", clone_url="x", target_dir=str(tmp_path / str(n))
+        )
+        SyncRun.objects.create(repository=repo, trigger="webhook", status="failed")
+    client_for(client, viewer)
+    with django_assert_max_num_queries(15):
+        page = body_of(client.get(reverse("admin:gitdeploy_repository_changelist")))
+    assert f'href="https://github.com/acme/site/commit/{SHA_NEW}"' in page
+    assert reverse("admin:gitdeploy_syncrun_change", args=[succeeded_run.pk]) in page
+    assert page.count("gd-status-failed") == 10
+
+
+@pytest.mark.parametrize("model", ["syncrun", "delivery"])
+def test_history_lists_do_not_query_per_row(
+    client, viewer, site, model, django_assert_max_num_queries
+):
+    for n in range(30):
+        run = SyncRun.objects.create(
+            repository=site,
+            trigger="admin",
+            status="succeeded",
+            triggered_by=viewer,
+            deployed_commit=SHA_NEW,
+        )
+        Delivery.objects.create(
+            repository=site,
+            provider="github",
+            delivery_id=str(n),
+            verdict="queued",
+            status_code=202,
+            sync_run=run,
+        )
+    client_for(client, viewer)
+    with django_assert_max_num_queries(15):
+        response = client.get(reverse(f"admin:gitdeploy_{model}_changelist"))
+    assert response.status_code == 200
