@@ -334,6 +334,20 @@ def test_git_timeout_kills_a_hung_remote(hung_server, tmp_path):
     assert max(b - a for a, b in zip(beats, beats[1:], strict=False)) <= 2
     # The first deploy failed before anything was fetched: no half-made clone is left behind.
     assert not target.exists()
+    assert not live_processes_mentioning(f"127.0.0.1:{hung_server}")
+
+
+def live_processes_mentioning(text: str) -> list[int]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if text in cmdline and state != "Z":
+            found.append(int(pid))
+    return found
 
 
 def test_branch_missing_on_the_remote_is_not_retryable(remote, tmp_path):
