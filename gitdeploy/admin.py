@@ -361,7 +361,13 @@ class RepositoryAdmin(TriggerMixin, admin.ModelAdmin):
                 secret_fields.append("remove_secret")
         source = ["display_clone_url" if env else "clone_url", "branch", "default_branch"]
         return [
-            (None, {"fields": ["name", "slug", "enabled"] + (["env_note"] if env else [])}),
+            (
+                None,
+                {
+                    "fields": ["name", "slug_readonly" if env else "slug", "enabled"]
+                    + (["env_note"] if env else [])
+                },
+            ),
             ("Source", {"fields": source}),
             (
                 "Target",
@@ -379,10 +385,15 @@ class RepositoryAdmin(TriggerMixin, admin.ModelAdmin):
         ]
 
     def get_readonly_fields(self, request, obj=None):
-        readonly = ["secret_status", "default_branch", "env_note", "display_clone_url"]
+        readonly = [
+            "secret_status",
+            "default_branch",
+            "env_note",
+            "display_clone_url",
+            "slug_readonly",
+        ]
         if obj is not None and obj.managed_by_env:
             # The environment owns these; the slug is how the environment finds its repository.
-            readonly += ["slug"]
             readonly += [
                 {"clone_url": "display_clone_url", "webhook_secret": "secret_status"}.get(f, f)
                 for f in ENV_FIELDS
@@ -462,6 +473,10 @@ class RepositoryAdmin(TriggerMixin, admin.ModelAdmin):
             return format_html("<em>{}</em>", "not set")
         return format_html("<code>{}</code> (set)", SECRET_MASK)
 
+    @admin.display(description="slug")
+    def slug_readonly(self, obj):
+        return obj.slug if obj else ""
+
     @admin.display(description="clone URL")
     def display_clone_url(self, obj):
         return obj.display_clone_url if obj else ""
@@ -476,6 +491,12 @@ class RepositoryAdmin(TriggerMixin, admin.ModelAdmin):
     @admin.display(description="branch")
     def branch_display(self, obj):
         return obj.tracked_branch or "remote default"
+
+    def has_delete_permission(self, request, obj=None):
+        # The environment would recreate it at the next start, without its history.
+        if obj is not None and obj.managed_by_env and settings.GIT_URL and settings.REPO_DIR:
+            return False
+        return super().has_delete_permission(request, obj)
 
     def get_queryset(self, request):
         # The list's columns from subqueries: one query for the page, not three per repository.

@@ -733,3 +733,22 @@ def test_history_lists_do_not_query_per_row(
     with django_assert_max_num_queries(15):
         response = client.get(reverse(f"admin:gitdeploy_{model}_changelist"))
     assert response.status_code == 200
+
+
+def test_environment_repository_cannot_be_deleted_while_configured(
+    client, root, settings, tmp_path
+):
+    env_repo = Repository.objects.create(
+        name="env",
+        slug="default",
+        clone_url="https://github.com/acme/env.git",
+        target_dir=str(tmp_path / "env"),
+        managed_by_env=True,
+    )
+    client_for(client, root)
+    url = reverse("admin:gitdeploy_repository_delete", args=[env_repo.pk])
+    settings.GIT_URL, settings.REPO_DIR = env_repo.clone_url, env_repo.target_dir
+    assert client.post(url, {"post": "yes"}).status_code == 403
+    settings.GIT_URL = ""
+    assert client.post(url, {"post": "yes"}).status_code == 302
+    assert not Repository.objects.filter(pk=env_repo.pk).exists()
