@@ -276,7 +276,24 @@ class RepositoryForm(forms.ModelForm):
         return cleaned
 
 
-class SyncRunInline(admin.TabularInline):
+class ReadOnlyInline(admin.TabularInline):
+    """History shown inside another page: nothing can be added, changed or deleted from it."""
+
+    extra = 0
+    max_num = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+class SyncRunInline(ReadOnlyInline):
     model = SyncRun
     fk_name = "repository"
     verbose_name = "recent sync run"
@@ -297,15 +314,6 @@ class SyncRunInline(admin.TabularInline):
     max_num = 0
     can_delete = False
     show_change_link = False
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     @admin.display(description="run")
     def run_link(self, run):
@@ -577,7 +585,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
-class DeliveryInline(admin.TabularInline):
+class DeliveryInline(ReadOnlyInline):
     model = Delivery
     fk_name = "sync_run"
     verbose_name_plural = "deliveries served by this run"
@@ -586,15 +594,6 @@ class DeliveryInline(admin.TabularInline):
     extra = 0
     max_num = 0
     can_delete = False
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     @admin.display(description="delivery")
     def delivery_link(self, delivery):

@@ -161,6 +161,10 @@ TEMPLATES = [
 
 WSGI_APPLICATION = "project.wsgi.application"
 
+# Messages stay on the server: a generated webhook secret is shown once in a message, and the
+# default cookie storage would send it to the browser in a signed (not encrypted) cookie.
+MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
+
 # --- Database -------------------------------------------------------------------------------------
 # Default: an embedded SQLite file, shared by the web server and the worker. WAL lets readers work
 # while the worker writes; IMMEDIATE transactions plus a busy timeout make writers wait for each
