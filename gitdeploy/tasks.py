@@ -221,6 +221,29 @@ def _schedule_retry(run: SyncRun, log: RunLog) -> None:
     logger.info("SyncRun %s: retry #%s queued in %.1fs", run.pk, retry.pk, delay)
 
 
+def prune_housekeeping(now: datetime.datetime | None = None) -> dict[str, int]:
+    """Old rows nobody reads again: heartbeats of workers gone for a day, the task queue's finished
+    results (SyncRun holds the history), and deliveries past DELIVERY_RETENTION_DAYS when set."""
+    from django_tasks_db.models import DBTaskResult
+
+    from gitdeploy.models import Delivery, WorkerHeartbeat
+
+    now = now or timezone.now()
+    pruned = {
+        "heartbeats": WorkerHeartbeat.objects.filter(
+            seen_at__lt=now - datetime.timedelta(days=1)
+        ).delete()[0],
+        "task_results": DBTaskResult.objects.finished()
+        .filter(finished_at__lt=now - datetime.timedelta(days=settings.TASK_RESULT_RETENTION_DAYS))
+        .delete()[0],
+        "deliveries": 0,
+    }
+    if settings.DELIVERY_RETENTION_DAYS:
+        cutoff = now - datetime.timedelta(days=settings.DELIVERY_RETENTION_DAYS)
+        pruned["deliveries"] = Delivery.objects.filter(received_at__lt=cutoff).delete()[0]
+    return pruned
+
+
 class WorkerMonitor(threading.Thread):
     """Beside the db_worker loop: records this worker's heartbeat for /api/ready and recovers runs
     whose worker died, so nothing stays 'running' forever after a kill -9."""
@@ -231,14 +254,22 @@ class WorkerMonitor(threading.Thread):
         self.every = every
         self.stopped = threading.Event()
 
+    PRUNE_EVERY = 3600.0
+
     def run(self) -> None:
         hostname, pid = socket.gethostname(), os.getpid()
+        next_prune = time.monotonic()
         while not self.stopped.is_set():
             try:
                 from gitdeploy.models import WorkerHeartbeat
 
                 WorkerHeartbeat.beat(self.worker_id, hostname, pid)
                 SyncRun.recover_lost()
+                if time.monotonic() >= next_prune:
+                    next_prune = time.monotonic() + self.PRUNE_EVERY
+                    pruned = prune_housekeeping()
+                    if any(pruned.values()):
+                        logger.info("pruned old rows: %s", pruned)
             except Exception:
                 logger.exception("worker monitor: heartbeat or recovery failed; trying again")
             finally:

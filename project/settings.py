@@ -291,6 +291,10 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_WEBHOOK_BYTES + 1024
 # expired belongs to a worker that died and is recovered by any other worker.
 SYNC_LEASE_SECONDS = env_float("SYNC_LEASE_SECONDS", 30.0, minimum=1)
 LOCK_DIR = Path(os.environ.get("LOCK_DIR") or DATA_DIR / "locks")
+# Housekeeping done by the worker: finished rows of the task queue (SyncRun keeps the history) and,
+# when set, deliveries older than this many days (0: keep every delivery).
+TASK_RESULT_RETENTION_DAYS = env_int("TASK_RESULT_RETENTION_DAYS", 7, minimum=1)
+DELIVERY_RETENTION_DAYS = env_int("DELIVERY_RETENTION_DAYS", 0)
 # How long /api/ready accepts since the last worker heartbeat.
 WORKER_HEARTBEAT_MAX_AGE = env_float("WORKER_HEARTBEAT_MAX_AGE", 60.0, minimum=1)
 

@@ -211,3 +211,33 @@ def test_credentials_appear_in_no_stored_text(make_repository, remote, http_serv
     assert failing.status == SyncRun.Status.FAILED
     for text in (failing.log, failing.error):
         assert "wrong-password-123456" not in text and HTTP_PASSWORD not in text
+
+
+def test_housekeeping_prunes_only_old_rows(make_repository, settings):
+    from django_tasks_db.models import DBTaskResult
+
+    from gitdeploy.models import Delivery, WorkerHeartbeat
+    from gitdeploy.tasks import prune_housekeeping
+
+    now = timezone.now()
+    long_ago = now - datetime.timedelta(days=40)
+    repository = make_repository()
+    WorkerHeartbeat.objects.create(worker_id="gone", seen_at=long_ago)
+    WorkerHeartbeat.objects.create(worker_id="alive", seen_at=now)
+    run, _ = SyncRun.request(repository, trigger=SyncRun.Trigger.ADMIN)
+    DBTaskResult.objects.update(status="SUCCESSFUL", finished_at=long_ago)
+    old = Delivery.objects.create(
+        repository=repository, verdict="ignored", status_code=200, received_at=long_ago
+    )
+    recent = Delivery.objects.create(repository=repository, verdict="ignored", status_code=200)
+
+    settings.DELIVERY_RETENTION_DAYS = 0
+    pruned = prune_housekeeping()
+    assert pruned == {"heartbeats": 1, "task_results": 1, "deliveries": 0}
+    assert list(WorkerHeartbeat.objects.values_list("worker_id", flat=True)) == ["alive"]
+    assert Delivery.objects.filter(pk=old.pk).exists(), "deliveries are kept unless asked"
+
+    settings.DELIVERY_RETENTION_DAYS = 30
+    assert prune_housekeeping()["deliveries"] == 1
+    assert list(Delivery.objects.values_list("pk", flat=True)) == [recent.pk]
+    assert SyncRun.objects.filter(pk=run.pk).exists(), "sync history is never pruned"
