@@ -74,3 +74,17 @@ def test_secret_key_can_come_from_a_file(tmp_path):
     key_file.write_text("k" * 50 + "\n")
     result = start_django(SECRET_KEY_FILE=str(key_file))
     assert result.returncode == 0, result.stderr
+
+
+def test_readme_lists_every_variable_the_settings_read():
+    from tests.test_compose import settings_variables
+
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    # Test-only and process-label variables are documented where they are used.
+    internal = {"TEST_DATABASE_NAME", "GITDEPLOY_PROCESS"}
+    missing = sorted(
+        name
+        for name in settings_variables() - internal
+        if f"`{name}`" not in readme and not name.endswith("_FILE")
+    )
+    assert not missing, f"document in README.md's Configuration table: {missing}"
