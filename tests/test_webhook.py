@@ -545,3 +545,26 @@ def test_api_endpoint_serves_only_the_env_repository(client, make_repository):
     make_repository(slug="default")  # created in the admin, not by the environment
     response = client.post("/api/webhook", data="{}", content_type="application/json")
     assert response.status_code == 404
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 100_000 + b"]" * 100_000,  # deeper than the JSON parser's recursion limit
+        b'{"ref": 5, "after": []}',
+        b'{"ref": "refs/heads/main", "after": {"sha": 1}}',
+        b"\xff\xfe not utf-8",
+        b"null",
+    ],
+)
+def test_hostile_but_signed_bodies_are_400_never_500(client, make_repository, body):
+    repository = make_repository()
+    signature = "sha256=" + hmac.new(TEST_SECRET.encode(), body, hashlib.sha256).hexdigest()
+    response = client.post(
+        f"/hooks/{repository.slug}/",
+        data=body,
+        content_type="application/json",
+        headers={"X-GitHub-Event": "push", "X-Hub-Signature-256": signature},
+    )
+    assert response.status_code == 400, response.content
+    assert only_delivery().status_code == 400
