@@ -188,6 +188,20 @@ def _perform(run: SyncRun) -> None:
         run.finish(succeeded=False, log=log.text(), error=sync.redact(repr(exc), log.secrets))
         logger.exception("SyncRun %s crashed", run.pk)
         return
+    except BaseException:
+        # A second SIGTERM/SIGINT stops the worker mid-sync (sync has killed git by now): say so
+        # and queue the same request again, rather than wait for the lease to expire.
+        log("INTERRUPTED: the worker was stopped before the sync finished")
+        if run.finish(succeeded=False, log=log.text(), error="worker stopped during the sync"):
+            SyncRun.request(
+                repository,
+                trigger=SyncRun.Trigger.RETRY,
+                commit=run.requested_commit,
+                pin_commit=run.pin_commit,
+                label=f"retry of run #{run.pk}, interrupted",
+                retry_of=run,
+            )
+        raise
     if not repository.branch and result.branch:
         repository.learn_default_branch(result.branch)
     log(f"deployed {result.deployed_commit} (was {result.previous_commit or 'nothing'})")

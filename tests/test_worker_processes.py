@@ -246,3 +246,30 @@ def test_the_worker_reports_a_heartbeat_with_its_pid(start_worker, db):
     )
     assert beat.pid == worker.proc.pid
     assert os.uname().nodename == beat.hostname
+
+
+def test_a_second_sigterm_stops_at_once_and_the_request_is_queued_again(
+    client, make_repository, remote, start_worker, tmp_path
+):
+    started = tmp_path / "post-deploy-started"
+    repository = make_repository(
+        clone_url=remote.url, post_deploy_command=f'touch "{started}"; sleep 60'
+    )
+    worker = start_worker()
+    tip = remote.commit({"app.txt": "v2\n"}, "v2")
+    answer = push_webhook(client, repository, tip, "delivery-twice")
+    wait_for(started.exists, message="the post-deploy command to start")
+
+    worker.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    stopping = time.monotonic()
+    # django-tasks-db records the task as failed and exits; well before the 60 s command ends.
+    assert worker.stop(signal.SIGTERM, timeout=30) != -signal.SIGKILL, worker.output()
+    print(f"stopped {time.monotonic() - stopping:.1f}s after the second SIGTERM")
+    run = SyncRun.objects.get(pk=answer["sync_run"])
+    assert run.status == SyncRun.Status.FAILED, run.log + worker.output()
+    assert run.error == "worker stopped during the sync"
+    again = SyncRun.objects.get(retry_of=run)
+    assert again.status == SyncRun.Status.QUEUED
+    # The post-deploy command was killed with the worker, not left running.
+    assert subprocess.run(["pgrep", "-f", f'touch "{started}"']).returncode != 0
