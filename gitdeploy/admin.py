@@ -24,6 +24,7 @@ from django.utils import timezone
 from django.utils.html import escape, format_html
 from django.views.decorators.http import require_POST
 
+from gitdeploy import providers
 from gitdeploy.environment import ENV_FIELDS
 from gitdeploy.models import Delivery, Repository, SyncRun, WorkerHeartbeat
 from gitdeploy.templatetags.gitdeploy_extras import commit_html, short_sha, status_badge
@@ -75,10 +76,6 @@ def format_duration(delta) -> str:
     return f"{hours} h {minutes} min"
 
 
-# Headers whose value is a credential, whatever the webhook view stored.
-SECRET_HEADERS = {"authorization", "proxy-authorization", "cookie", "x-gitlab-token"}
-
-
 def known_secrets(repository: Repository) -> list[str]:
     """Credential strings that must never reach a page: the webhook secret, the clone URL's
     password or token, and the environment's token. Short values are skipped: masking "git" in a
@@ -111,7 +108,7 @@ def pretty_text(raw: str) -> str:
             candidate = payload[0]
     try:
         return json.dumps(json.loads(candidate), indent=2, ensure_ascii=False, sort_keys=False)
-    except ValueError:
+    except (ValueError, RecursionError):  # a stored hostile body may nest past the parser's limit
         return text
 
 
@@ -276,12 +273,8 @@ class RepositoryForm(forms.ModelForm):
         return cleaned
 
 
-class ReadOnlyInline(admin.TabularInline):
-    """History shown inside another page: nothing can be added, changed or deleted from it."""
-
-    extra = 0
-    max_num = 0
-    can_delete = False
+class ReadOnlyMixin:
+    """History: visible to whoever may view it, changed by nobody through the admin."""
 
     def has_add_permission(self, request, obj=None):
         return False
@@ -291,6 +284,14 @@ class ReadOnlyInline(admin.TabularInline):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+class ReadOnlyInline(ReadOnlyMixin, admin.TabularInline):
+    """History shown inside another page: nothing can be added, changed or deleted from it."""
+
+    extra = 0
+    max_num = 0
+    can_delete = False
 
 
 class SyncRunInline(ReadOnlyInline):
@@ -310,9 +311,6 @@ class SyncRunInline(ReadOnlyInline):
     ]
     readonly_fields = fields
     ordering = ["-queued_at", "-pk"]
-    extra = 0
-    max_num = 0
-    can_delete = False
     show_change_link = False
 
     @admin.display(description="run")
@@ -572,17 +570,8 @@ class RepositoryAdmin(TriggerMixin, admin.ModelAdmin):
 # --- Sync runs ------------------------------------------------------------------------------------
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """History: visible to whoever may view it, changed by nobody through the admin."""
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
+class ReadOnlyAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    pass
 
 
 class DeliveryInline(ReadOnlyInline):
@@ -591,9 +580,6 @@ class DeliveryInline(ReadOnlyInline):
     verbose_name_plural = "deliveries served by this run"
     fields = ["delivery_link", "received_at", "provider", "event", "ref", "after_short", "verdict"]
     readonly_fields = fields
-    extra = 0
-    max_num = 0
-    can_delete = False
 
     @admin.display(description="delivery")
     def delivery_link(self, delivery):
@@ -872,7 +858,7 @@ class DeliveryAdmin(TriggerMixin, ReadOnlyAdmin):
         if not headers:
             return "—"
         rows = sorted(
-            (str(name), "***" if str(name).lower() in SECRET_HEADERS else str(value))
+            (str(name), "***" if str(name).lower() in providers.SECRET_HEADERS else str(value))
             for name, value in dict(headers).items()
         )
         text = scrub("\n".join(f"{name}: {value}" for name, value in rows), delivery.repository)

@@ -752,3 +752,20 @@ def test_environment_repository_cannot_be_deleted_while_configured(
     settings.GIT_URL = ""
     assert client.post(url, {"post": "yes"}).status_code == 302
     assert not Repository.objects.filter(pk=env_repo.pk).exists()
+
+
+def test_a_stored_body_nested_past_the_parser_limit_still_renders(client, root, site):
+    # What the webhook keeps of a rejected hostile body: its first 4 KiB, all brackets.
+    delivery = Delivery.objects.create(
+        repository=site,
+        provider="github",
+        event="push",
+        body="[" * 4096,
+        body_truncated=True,
+        verdict=Delivery.Verdict.REJECTED,
+        status_code=400,
+    )
+    client_for(client, root)
+    response = client.get(reverse("admin:gitdeploy_delivery_change", args=[delivery.pk]))
+    assert response.status_code == 200
+    assert "[[[[" in body_of(response)
