@@ -69,7 +69,7 @@ lint: install-test
 	$(BIN)/ruff check .
 
 check-migrations: install-test
-	DEBUG=true $(BIN)/python manage.py makemigrations --check --dry-run
+	$(BIN)/python manage.py makemigrations --check --dry-run
 
 # Production-like settings: DEBUG off, HTTPS behind the proxy, a real secret key.
 check-deploy: install-test

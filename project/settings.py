@@ -11,77 +11,34 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from project.env import env_bool, env_float, env_int, env_list, env_str
+
 BASE_DIR = Path(__file__).resolve().parent.parent
-
-TRUE_SPELLINGS = {"true", "1", "yes", "on"}
-FALSE_SPELLINGS = {"false", "0", "no", "off", ""}
-
-
-def env_str(name: str, default: str = "") -> str:
-    """A string variable; NAME_FILE (Docker/compose secrets) wins over NAME when it is set."""
-    file_path = os.environ.get(f"{name}_FILE", "")
-    if file_path:
-        try:
-            return Path(file_path).read_text().strip()
-        except OSError as exc:
-            raise ImproperlyConfigured(f"{name}_FILE={file_path!r} cannot be read: {exc}") from exc
-    return os.environ.get(name, default)
-
-
-def env_bool(name: str, default: bool) -> bool:
-    """A boolean variable. Anything but a true/false spelling stops start-up, because a typo such as
-    ALLOW_UNSIGNED_WEBHOOKS=ture silently meaning "false" (or "true") is how servers get exposed."""
-    raw = os.environ.get(name)
-    if raw is None:
-        return default
-    value = raw.strip().lower()
-    if value in TRUE_SPELLINGS:
-        return True
-    if value in FALSE_SPELLINGS:
-        return False if value else default
-    raise ImproperlyConfigured(f"{name}={raw!r} is not a boolean: use true or false")
-
-
-def env_int(name: str, default: int, minimum: int = 0) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ImproperlyConfigured(f"{name}={raw!r} is not a whole number") from None
-    if value < minimum:
-        raise ImproperlyConfigured(f"{name}={raw!r} must be at least {minimum}")
-    return value
-
-
-def env_float(name: str, default: float, minimum: float = 0.0) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ImproperlyConfigured(f"{name}={raw!r} is not a number") from None
-    if value < minimum:
-        raise ImproperlyConfigured(f"{name}={raw!r} must be at least {minimum}")
-    return value
-
-
-def env_list(name: str, default: str = "") -> list[str]:
-    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
-
 
 DEBUG = env_bool("DEBUG", False)
 
+# Management commands that read code and schema but sign nothing run without a key, so that
+# `manage.py makemigrations --check` or `collectstatic` work in a fresh clone or an image build.
+# Their stand-in key is marked insecure, which `check --deploy` reports.
+KEYLESS_COMMANDS = {
+    "makemigrations",
+    "migrate",
+    "showmigrations",
+    "sqlmigrate",
+    "collectstatic",
+    "check",
+}
+_command = sys.argv[1] if len(sys.argv) > 1 and Path(sys.argv[0]).name == "manage.py" else ""
+
 SECRET_KEY = env_str("SECRET_KEY")
 if not SECRET_KEY:
-    if not DEBUG:
+    if not DEBUG and _command not in KEYLESS_COMMANDS:
         raise ImproperlyConfigured(
             "SECRET_KEY (or SECRET_KEY_FILE) must be set when DEBUG is false. "
             "`make run` creates one in data/secret_key for you."
         )
-    SECRET_KEY = "insecure-development-only-key"  # noqa: S105 - only reachable with DEBUG=true
+    # Only reachable with DEBUG=true or for a command in KEYLESS_COMMANDS.
+    SECRET_KEY = "django-insecure-no-secret-key-set"  # noqa: S105
 
 DATA_DIR = Path(os.environ.get("DATA_DIR") or BASE_DIR / "data")
 

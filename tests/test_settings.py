@@ -7,7 +7,7 @@ import sys
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from project.settings import env_bool, env_int
+from project.env import env_bool, env_int
 from tests.conftest import PROJECT_ROOT
 
 
@@ -88,3 +88,22 @@ def test_readme_lists_every_variable_the_settings_read():
         if f"`{name}`" not in readme and not name.endswith("_FILE")
     )
     assert not missing, f"document in README.md's Configuration table: {missing}"
+
+
+def test_schema_commands_run_without_a_secret_key(tmp_path):
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in {"DJANGO_SETTINGS_MODULE", "SECRET_KEY", "SECRET_KEY_FILE", "DEBUG"}
+    }
+    env.update(DJANGO_SETTINGS_MODULE="project.settings", DATA_DIR=str(tmp_path))
+    result = subprocess.run(
+        [sys.executable, "manage.py", "makemigrations", "--check", "--dry-run"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "No changes detected" in result.stdout

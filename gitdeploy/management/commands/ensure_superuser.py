@@ -5,22 +5,19 @@ Idempotent: creates the user when DJANGO_SUPERUSER_USERNAME and DJANGO_SUPERUSER
 nothing. An existing user is never changed, so a password rotated in the admin survives restarts.
 """
 
-import os
-from pathlib import Path
-
 from django.contrib.auth import get_user_model
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 from django.db import IntegrityError, transaction
 
+from project.env import env_str
+
 
 def _env(name: str) -> str:
-    file_path = os.environ.get(f"{name}_FILE", "")
-    if file_path:
-        try:
-            return Path(file_path).read_text().strip()
-        except OSError as exc:
-            raise CommandError(f"{name}_FILE={file_path!r} cannot be read: {exc}") from exc
-    return os.environ.get(name, "")
+    try:
+        return env_str(name)
+    except ImproperlyConfigured as exc:
+        raise CommandError(str(exc)) from exc
 
 
 class Command(BaseCommand):
