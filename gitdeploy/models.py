@@ -315,19 +315,19 @@ class SyncRun(models.Model):
         A tip request joins a queued tip request (the worker fetches the tip when it starts, so the
         queued run covers this push too). A pinned commit (roll back) replaces whatever is queued,
         and so does a tip request arriving after a queued roll back: the newest intent wins, and
-        the replaced run is kept as 'superseded'.
+        the replaced run is kept as 'superseded'. A retry (retry_of) is the oldest intent of all:
+        whatever is queued already covers it.
         """
         with transaction.atomic():
             # Serialises requests for one repository across web processes and workers.
             Repository.objects.select_for_update().filter(pk=repository.pk).first()
             queued = cls.objects.filter(repository=repository, status=cls.Status.QUEUED).first()
+            if queued is not None and retry_of is not None:
+                return queued, True
             if queued is not None and not pin_commit and not queued.pin_commit:
-                fields = []
                 if commit and commit != queued.requested_commit:
                     queued.requested_commit = commit
-                    fields.append("requested_commit")
-                if fields:
-                    queued.save(update_fields=fields)
+                    queued.save(update_fields=["requested_commit"])
                 return queued, True
             if queued is not None:
                 queued.status = cls.Status.SUPERSEDED
@@ -435,18 +435,25 @@ class SyncRun(models.Model):
             )
             if not updated:
                 return None
-            follow_up, _ = SyncRun.request(
-                self.repository,
-                trigger=SyncRun.Trigger.RETRY,
-                commit=self.requested_commit,
-                pin_commit=self.pin_commit,
-                label="recovery after worker lost",
-                retry_of=self,
-            )
+            follow_up = self.request_again(label="recovery after worker lost")
         logger.warning(
             "SyncRun %s: worker %s lost; queued %s", self.pk, self.worker_id, follow_up.pk
         )
         return follow_up
+
+    def request_again(self, *, label: str, run_after: datetime.datetime | None = None) -> SyncRun:
+        """The same request once more, as the next attempt (a retry, a recovery); a run queued in
+        the meantime is newer and is returned instead."""
+        run, _ = SyncRun.request(
+            self.repository,
+            trigger=SyncRun.Trigger.RETRY,
+            commit=self.requested_commit,
+            pin_commit=self.pin_commit,
+            label=label,
+            run_after=run_after,
+            retry_of=self,
+        )
+        return run
 
     @classmethod
     def recover_lost(cls) -> list[SyncRun]:

@@ -180,7 +180,7 @@ def _perform(run: SyncRun) -> None:
             post_deploy_exit_code=getattr(exc, "post_deploy_exit_code", None),
         )
         if getattr(exc, "retryable", False):
-            _schedule_retry(run, log)
+            _schedule_retry(run)
         return
     except Exception as exc:  # a bug must not leave the run 'running' until its lease expires
         log("FAILED with an unexpected error:")
@@ -193,14 +193,7 @@ def _perform(run: SyncRun) -> None:
         # and queue the same request again, rather than wait for the lease to expire.
         log("INTERRUPTED: the worker was stopped before the sync finished")
         if run.finish(succeeded=False, log=log.text(), error="worker stopped during the sync"):
-            SyncRun.request(
-                repository,
-                trigger=SyncRun.Trigger.RETRY,
-                commit=run.requested_commit,
-                pin_commit=run.pin_commit,
-                label=f"retry of run #{run.pk}, interrupted",
-                retry_of=run,
-            )
+            run.request_again(label=f"retry of run #{run.pk}, interrupted")
         raise
     if not repository.branch and result.branch:
         repository.learn_default_branch(result.branch)
@@ -214,25 +207,18 @@ def _perform(run: SyncRun) -> None:
     )
 
 
-def _schedule_retry(run: SyncRun, log: RunLog) -> None:
+def _schedule_retry(run: SyncRun) -> None:
     """A failed fetch is tried again as a new attempt of the same request, with exponential
     backoff; a newer queued request already covers it, so then nothing is added."""
     if run.attempt > settings.SYNC_RETRIES:
         logger.warning("SyncRun %s failed after %s attempts", run.pk, run.attempt)
         return
-    if SyncRun.objects.filter(repository=run.repository, status=SyncRun.Status.QUEUED).exists():
-        return
     delay = settings.SYNC_RETRY_BACKOFF * (2 ** (run.attempt - 1))
-    retry, _ = SyncRun.request(
-        run.repository,
-        trigger=SyncRun.Trigger.RETRY,
-        commit=run.requested_commit,
-        pin_commit=run.pin_commit,
+    retry = run.request_again(
         label=f"retry {run.attempt + 1} of run #{(run.retry_of_id or run.pk)}",
         run_after=timezone.now() + datetime.timedelta(seconds=delay),
-        retry_of=run,
     )
-    logger.info("SyncRun %s: retry #%s queued in %.1fs", run.pk, retry.pk, delay)
+    logger.info("SyncRun %s: next attempt is run #%s (in %.1fs)", run.pk, retry.pk, delay)
 
 
 def prune_housekeeping(now: datetime.datetime | None = None) -> dict[str, int]:

@@ -241,3 +241,21 @@ def test_housekeeping_prunes_only_old_rows(make_repository, settings):
     assert prune_housekeeping()["deliveries"] == 1
     assert list(Delivery.objects.values_list("pk", flat=True)) == [recent.pk]
     assert SyncRun.objects.filter(pk=run.pk).exists(), "sync history is never pruned"
+
+
+def test_a_recovery_defers_to_a_newer_queued_request(make_repository):
+    repository = make_repository()
+    rollback, _ = SyncRun.request(
+        repository, trigger=SyncRun.Trigger.ADMIN, commit="d" * 40, pin_commit=True
+    )
+    assert rollback.claim("dead-worker")
+    newer, _ = SyncRun.request(repository, trigger=SyncRun.Trigger.WEBHOOK, commit="e" * 40)
+    SyncRun.objects.filter(pk=rollback.pk).update(
+        lease_expires_at=timezone.now() - datetime.timedelta(seconds=1)
+    )
+    assert SyncRun.recover_lost() == [newer]
+    newer.refresh_from_db()
+    assert newer.status == SyncRun.Status.QUEUED, (
+        "the newer push is not replaced by the old roll back"
+    )
+    assert SyncRun.objects.count() == 2
