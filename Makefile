@@ -47,14 +47,17 @@ migrate: install data/secret_key
 	$(BIN)/python manage.py ensure_superuser
 
 # Web (gunicorn, as in production) and worker side by side; Ctrl-C stops both. The worker finishes
-# the sync it is running before it exits.
+# the sync it is running before it exits: Ctrl-C already reached both processes, so on INT we only
+# wait (a second signal would make the worker abandon its sync); a TERM is passed on once.
 run: migrate
 	@echo "gitdeploy on http://$(HOST):$(PORT)/  (admin: /admin/, webhook: /hooks/<slug>/ or $${API_ENDPOINT:-/api/webhook})"
-	@trap 'kill -TERM $$web $$worker 2>/dev/null; wait' INT TERM; \
+	@trap 'stopping=1' INT; trap 'stopping=1; kill -TERM $$web $$worker 2>/dev/null' TERM; \
 	$(BIN)/python manage.py db_worker --no-reload & worker=$$!; \
 	$(BIN)/gunicorn project.wsgi:application --bind $(HOST):$(PORT) --workers $(WEB_CONCURRENCY) \
 		--access-logfile - & web=$$!; \
-	wait -n $$web $$worker; status=$$?; kill -TERM $$web $$worker 2>/dev/null; wait; exit $$status
+	wait -n $$web $$worker; status=$$?; \
+	[ -n "$${stopping:-}" ] || kill -TERM $$web $$worker 2>/dev/null; \
+	wait; exit $$status
 
 web: migrate
 	$(BIN)/gunicorn project.wsgi:application --bind $(HOST):$(PORT) --workers $(WEB_CONCURRENCY) --access-logfile -
