@@ -456,10 +456,14 @@ class SyncRun(models.Model):
         return run
 
     @classmethod
-    def recover_lost(cls) -> list[SyncRun]:
-        """Called by every worker on every poll: nothing stays 'running' after a kill -9."""
+    def recover_lost(cls, repository: Repository | None = None) -> list[SyncRun]:
+        """Called by every worker's monitor and before each claim: nothing stays 'running' after a
+        kill -9."""
+        expired = cls.objects.lease_expired().select_related("repository")
+        if repository is not None:
+            expired = expired.filter(repository=repository)
         follow_ups = []
-        for run in cls.objects.lease_expired().select_related("repository"):
+        for run in expired:
             follow_up = run.mark_lost()
             if follow_up is not None:
                 follow_ups.append(follow_up)

@@ -136,13 +136,9 @@ def execute_run(run_id: int, *, worker_id: str) -> SyncRun | None:
     # this process dies) plus the database's one-running-run constraint.
     with sync.repository_lock(str(path)):
         while True:
+            # A run of this repository still 'running' past its lease lost its worker.
+            SyncRun.recover_lost(repository)
             run.refresh_from_db()
-            if run.status != SyncRun.Status.QUEUED:
-                return run
-            # Holding the lock, any run still 'running' with an expired lease lost its worker.
-            for lost in SyncRun.objects.lease_expired().filter(repository=repository):
-                lost.mark_lost()
-                run.refresh_from_db()
             if run.status != SyncRun.Status.QUEUED:
                 return run
             if run.claim(worker_id):
