@@ -48,16 +48,6 @@ def latest_provider(repository_ref):
     )
 
 
-def provider_of(repository: Repository) -> str:
-    return (
-        repository.deliveries.exclude(provider="")
-        .order_by("-received_at", "-pk")
-        .values_list("provider", flat=True)
-        .first()
-        or ""
-    )
-
-
 def admin_url(obj, action: str = "change") -> str:
     opts = obj._meta
     return reverse(f"admin:{opts.app_label}_{opts.model_name}_{action}", args=[obj.pk])
@@ -457,7 +447,7 @@ class RepositoryAdmin(TriggerMixin, admin.ModelAdmin):
 
     def webhook_context(self, request, obj: Repository) -> dict:
         deployed = obj.last_successful_run()
-        provider = provider_of(obj)
+        provider = obj.host_provider()
         return {
             "webhook_url": request.build_absolute_uri(obj.webhook_path()),
             "has_secret": bool(obj.webhook_secret),

@@ -127,6 +127,17 @@ class Repository(models.Model):
             .first()
         )
 
+    def host_provider(self) -> str:
+        """The provider of the newest delivery: tells a self-hosted GitLab from a Gitea when
+        drawing links to commits."""
+        return (
+            self.deliveries.exclude(provider="")
+            .order_by("-received_at", "-pk")
+            .values_list("provider", flat=True)
+            .first()
+            or ""
+        )
+
     def learn_default_branch(self, branch: str) -> None:
         if branch and branch != self.default_branch:
             Repository.objects.filter(pk=self.pk).update(default_branch=branch)

@@ -25,13 +25,7 @@ def landing(request):
     repositories = []
     for repository in Repository.objects.filter(enabled=True).order_by("name"):
         deployed = repository.last_successful_run()
-        provider = (
-            repository.deliveries.exclude(provider="")
-            .order_by("-received_at", "-pk")
-            .values_list("provider", flat=True)
-            .first()
-            or ""
-        )
+        provider = repository.host_provider()
         # Only display-safe values reach the template: never the secret or the raw clone URL.
         repositories.append(
             {
