@@ -137,9 +137,7 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
         {
             "timeout": 30,
             "transaction_mode": "IMMEDIATE",
-            "init_command": (
-                "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=30000;"
-            ),
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         }
     )
     # Tests that start a worker subprocess need a database file both processes can open; one per
@@ -176,7 +174,7 @@ STATIC_ROOT = Path(os.environ.get("STATIC_ROOT") or BASE_DIR / "staticfiles")
 # the image does at build time; `collectstatic` itself must use that storage to write the manifest.
 # Without it (make run, tests) plain names are served straight from the apps' static dirs.
 _MANIFEST_STORAGE = not DEBUG and (
-    STATIC_ROOT.joinpath("staticfiles.json").exists() or "collectstatic" in sys.argv
+    STATIC_ROOT.joinpath("staticfiles.json").exists() or _command == "collectstatic"
 )
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
