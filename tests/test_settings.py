@@ -107,3 +107,41 @@ def test_schema_commands_run_without_a_secret_key(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "No changes detected" in result.stdout
+
+
+HTTPS_PROBE = """
+import django
+django.setup()
+from django.conf import settings
+from django.test import Client
+client = Client()
+print("health", client.get("/api/health").status_code)
+print("landing", client.get("/").status_code, client.get("/")["Location"])
+secure = client.get("/api/health", headers={"X-Forwarded-Proto": "https"})
+print("hsts", secure["Strict-Transport-Security"])
+print("cookies", settings.SESSION_COOKIE_SECURE, settings.CSRF_COOKIE_SECURE)
+"""
+
+
+def test_https_mode_redirects_and_secures_everything_but_the_probes(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-c", HTTPS_PROBE],
+        cwd=PROJECT_ROOT,
+        env={
+            **{k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"},
+            "DJANGO_SETTINGS_MODULE": "project.settings",
+            "SECRET_KEY": "k" * 50,
+            "HTTPS": "true",
+            "ALLOWED_HOSTS": "testserver",
+            "DATA_DIR": str(tmp_path),
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "health 200" in lines, "the container's plain-HTTP health probe is not redirected"
+    assert "landing 301 https://testserver/" in lines
+    assert "hsts max-age=31536000" in lines
+    assert "cookies True True" in lines

@@ -1,0 +1,90 @@
+"""`make run` as a user runs it: web and worker come up, and Ctrl-C lets a running sync finish."""
+
+import hashlib
+import hmac
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+from tests.conftest import PROJECT_ROOT
+from tests.gitservers import free_port
+
+pytestmark = pytest.mark.processes
+
+
+def wait_until(predicate, timeout, message):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {message}")
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_ctrl_c_lets_the_running_sync_finish(remote, tmp_path):
+    started, finished = tmp_path / "started", tmp_path / "finished"
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "DATABASE_"))},
+        "DATA_DIR": str(tmp_path / "data"),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'data' / 'run.sqlite3'}",
+        "SECRET_KEY": "make-run-test-secret-key-0123456789-abcdefghijklmnop",
+        "GIT_URL": remote.url,
+        "REPO_DIR": str(tmp_path / "checkout"),
+        "WEBHOOK_SECRET": "make-run-secret",
+        "POST_DEPLOY_COMMAND": f'touch "{started}"; sleep 3; touch "{finished}"',
+        "WEB_CONCURRENCY": "1",
+    }
+    make = subprocess.Popen(
+        ["make", "--no-print-directory", "run", f"PORT={port}"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=(tmp_path / "make.log").open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group, as a terminal gives it
+    )
+    try:
+        wait_until(lambda: answers(f"http://127.0.0.1:{port}/api/health"), 120, "the web server")
+        tip = remote.commit({"app.txt": "v2\n"}, "v2")
+        body = json.dumps({"ref": "refs/heads/main", "after": tip}).encode()
+        signature = hmac.new(b"make-run-secret", body, hashlib.sha256).hexdigest()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/webhook",
+            data=body,
+            headers={
+                "Content-Type": "application/json",
+                "X-GitHub-Event": "push",
+                "X-Hub-Signature-256": f"sha256={signature}",
+            },
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 202
+        wait_until(started.exists, 60, "the post-deploy command to start")
+
+        os.killpg(make.pid, signal.SIGINT)  # Ctrl-C in the terminal
+        make.wait(timeout=60)
+    finally:
+        if make.poll() is None:
+            os.killpg(make.pid, signal.SIGKILL)
+            make.wait()
+    log = (tmp_path / "make.log").read_text(errors="replace")
+    assert finished.exists(), f"the post-deploy command was cut short:\n{log}"
+    with sqlite3.connect(tmp_path / "data" / "run.sqlite3") as db:
+        statuses = [row[0] for row in db.execute("SELECT status FROM gitdeploy_syncrun")]
+    assert statuses == ["succeeded"], log
