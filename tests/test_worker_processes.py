@@ -100,6 +100,15 @@ def push_webhook(client, repository, after, delivery):
     return response.json()
 
 
+def push_and_wait_for_post_deploy(client, repository, remote, started, delivery):
+    """Push a commit, send its webhook, and return once the post-deploy command (which touches
+    `started` first) is running: the moment to signal or kill the worker."""
+    tip = remote.commit({"app.txt": "v2\n"}, "v2")
+    answer = push_webhook(client, repository, tip, delivery)
+    wait_for(started.exists, message="the post-deploy command to start")
+    return tip, SyncRun.objects.get(pk=answer["sync_run"])
+
+
 def head(path) -> str:
     return git("rev-parse", "HEAD", cwd=path)
 
@@ -144,10 +153,7 @@ def test_kill_9_mid_sync_is_recovered_and_leaves_a_consistent_directory(
     )
     lease = {"SYNC_LEASE_SECONDS": "2"}
     victim = start_worker("victim", **lease)
-    tip = remote.commit({"app.txt": "v2\n"}, "v2")
-    answer = push_webhook(client, repository, tip, "delivery-kill")
-    wait_for(started.exists, message="the post-deploy command to start")
-    run = SyncRun.objects.get(pk=answer["sync_run"])
+    tip, run = push_and_wait_for_post_deploy(client, repository, remote, started, "delivery-kill")
     assert run.status == SyncRun.Status.RUNNING and run.worker_id == "victim"
 
     victim.stop(signal.SIGKILL)
@@ -185,12 +191,10 @@ def test_sigterm_lets_the_current_run_finish(
         clone_url=remote.url, post_deploy_command=f'touch "{started}"; sleep 2; echo finished'
     )
     worker = start_worker()
-    tip = remote.commit({"app.txt": "v2\n"}, "v2")
-    answer = push_webhook(client, repository, tip, "delivery-term")
-    wait_for(started.exists, message="the post-deploy command to start")
+    tip, run = push_and_wait_for_post_deploy(client, repository, remote, started, "delivery-term")
 
     assert worker.stop(signal.SIGTERM, timeout=60) == 0, worker.output()
-    run = SyncRun.objects.get(pk=answer["sync_run"])
+    run.refresh_from_db()
     assert run.status == SyncRun.Status.SUCCEEDED, run.log + worker.output()
     assert "finished" in run.log and run.post_deploy_exit_code == 0
     assert head(repository.target_dir) == tip
@@ -256,9 +260,7 @@ def test_a_second_sigterm_stops_at_once_and_the_request_is_queued_again(
         clone_url=remote.url, post_deploy_command=f'touch "{started}"; sleep 60'
     )
     worker = start_worker()
-    tip = remote.commit({"app.txt": "v2\n"}, "v2")
-    answer = push_webhook(client, repository, tip, "delivery-twice")
-    wait_for(started.exists, message="the post-deploy command to start")
+    _, run = push_and_wait_for_post_deploy(client, repository, remote, started, "delivery-twice")
 
     worker.proc.send_signal(signal.SIGTERM)
     time.sleep(0.5)
@@ -266,7 +268,7 @@ def test_a_second_sigterm_stops_at_once_and_the_request_is_queued_again(
     # django-tasks-db records the task as failed and exits; well before the 60 s command ends.
     assert worker.stop(signal.SIGTERM, timeout=30) != -signal.SIGKILL, worker.output()
     print(f"stopped {time.monotonic() - stopping:.1f}s after the second SIGTERM")
-    run = SyncRun.objects.get(pk=answer["sync_run"])
+    run.refresh_from_db()
     assert run.status == SyncRun.Status.FAILED, run.log + worker.output()
     assert run.error == "worker stopped during the sync"
     again = SyncRun.objects.get(retry_of=run)
