@@ -593,6 +593,13 @@ class _Session:
             raise self.error(f"commit {spec.commit} was not found on the remote", retryable=False)
         return sha
 
+    def adopt(self, git_dir: str, work_dir: str) -> None:
+        """An existing repository: it must be a clone of ours, left unlocked by a killed git, and
+        carry no credentials on disk."""
+        self.check_origin(git_dir)
+        self.clear_stale_locks(git_dir, work_dir)
+        self.fix_origin(git_dir)
+
     def check_origin(self, repo_path: str) -> None:
         """Refuses a repository whose origin is another remote (read-only: touches nothing)."""
         try:
@@ -761,9 +768,7 @@ def _sync_inplace(s: _Session) -> SyncResult:
     elif not os.path.isdir(target):
         raise s.error(f"{target} exists and is not a directory", retryable=False)
     if os.path.isdir(dot_git):
-        s.check_origin(target)
-        s.clear_stale_locks(dot_git, target)
-        s.fix_origin(dot_git)
+        s.adopt(dot_git, target)
         s.previous = current_commit(target, "inplace")
         s.say(f"Existing clone at {s.previous or '(no commit yet)'}")
     elif _is_empty_dir(target):
@@ -805,9 +810,7 @@ def _sync_atomic(s: _Session) -> SyncResult:
     if os.path.exists(target) and not os.path.isdir(target):
         raise s.error(f"{target} exists and is not a directory", retryable=False)
     if os.path.isdir(store):
-        s.check_origin(store)
-        s.clear_stale_locks(store, target)
-        s.fix_origin(store)
+        s.adopt(store, target)
         s.previous = current_commit(target, "atomic")
         s.say(f"Existing release store; current is {s.previous or '(none)'}")
     elif not os.path.exists(target) or _is_empty_dir(target):
