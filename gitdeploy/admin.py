@@ -172,6 +172,18 @@ class TriggerMixin:
         self.message_user(request, queued_message(new_run, joined), messages.SUCCESS)
         return new_run
 
+    def trigger_urls(self, *actions: str) -> list:
+        """POST-only URLs <pk>/<action>/ served by self.<action>_view, named like the admin's."""
+        opts = self.model._meta
+        return [
+            path(
+                f"<path:object_id>/{action}/",
+                self.admin_site.admin_view(require_POST(getattr(self, f"{action}_view"))),
+                name=f"{opts.app_label}_{opts.model_name}_{action}",
+            )
+            for action in actions
+        ]
+
     def _after_trigger(self, request, new_run: SyncRun | None, fallback: str):
         return HttpResponseRedirect(admin_url(new_run) if new_run else fallback)
 
@@ -535,14 +547,7 @@ class RepositoryAdmin(TriggerMixin, admin.ModelAdmin):
     # --- redeploy -------------------------------------------------------------------------------
 
     def get_urls(self):
-        return [
-            path(
-                "<path:object_id>/redeploy/",
-                self.admin_site.admin_view(require_POST(self.redeploy_view)),
-                name="gitdeploy_repository_redeploy",
-            ),
-            *super().get_urls(),
-        ]
+        return [*self.trigger_urls("redeploy"), *super().get_urls()]
 
     def redeploy_view(self, request, object_id):
         if not can_trigger(request):
@@ -706,19 +711,7 @@ class SyncRunAdmin(TriggerMixin, ReadOnlyAdmin):
         return super().change_view(request, object_id, form_url, extra_context)
 
     def get_urls(self):
-        return [
-            path(
-                "<path:object_id>/redeploy/",
-                self.admin_site.admin_view(require_POST(self.redeploy_view)),
-                name="gitdeploy_syncrun_redeploy",
-            ),
-            path(
-                "<path:object_id>/rollback/",
-                self.admin_site.admin_view(require_POST(self.rollback_view)),
-                name="gitdeploy_syncrun_rollback",
-            ),
-            *super().get_urls(),
-        ]
+        return [*self.trigger_urls("redeploy", "rollback"), *super().get_urls()]
 
     def redeploy_view(self, request, object_id):
         if not can_trigger(request):
