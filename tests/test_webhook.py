@@ -32,18 +32,27 @@ def send(client, repository, provider, name, *, secret_override=None, path=None,
     )
 
 
-def signed_github(client, repository, payload, *, event="push", delivery="d-1", secret=TEST_SECRET):
-    body = json.dumps(payload).encode()
-    signature = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+def post_github(client, repository, body: bytes, *, event="push", delivery="", secret=TEST_SECRET):
+    """POST raw bytes as GitHub does, signed with `secret` (None: no signature header)."""
+    headers = {"X-GitHub-Event": event}
+    if delivery:
+        headers["X-GitHub-Delivery"] = delivery
+    if secret is not None:
+        digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+        headers["X-Hub-Signature-256"] = f"sha256={digest}"
     return client.post(
-        f"/hooks/{repository.slug}/",
-        data=body,
-        content_type="application/json",
-        headers={
-            "X-GitHub-Event": event,
-            "X-GitHub-Delivery": delivery,
-            "X-Hub-Signature-256": signature,
-        },
+        f"/hooks/{repository.slug}/", data=body, content_type="application/json", headers=headers
+    )
+
+
+def signed_github(client, repository, payload, *, event="push", delivery="d-1", secret=TEST_SECRET):
+    return post_github(
+        client,
+        repository,
+        json.dumps(payload).encode(),
+        event=event,
+        delivery=delivery,
+        secret=secret,
     )
 
 
@@ -307,12 +316,7 @@ def test_redelivery_after_its_run_finished_requests_a_new_sync(client, make_repo
 
 def test_missing_signature_is_401(client, make_repository):
     repository = make_repository()
-    response = client.post(
-        f"/hooks/{repository.slug}/",
-        data=json.dumps(push_payload()),
-        content_type="application/json",
-        headers={"X-GitHub-Event": "push"},
-    )
+    response = post_github(client, repository, json.dumps(push_payload()).encode(), secret=None)
     assert response.status_code == 401
     delivery = only_delivery()
     assert delivery.signature == Delivery.Signature.MISSING
@@ -376,12 +380,7 @@ def test_rejected_body_is_stored_truncated_with_size_and_hash(client, make_repos
 
 def test_repository_without_secret_refuses_unsigned_deliveries(client, make_repository):
     repository = make_repository(webhook_secret="")
-    response = client.post(
-        f"/hooks/{repository.slug}/",
-        data=json.dumps(push_payload()),
-        content_type="application/json",
-        headers={"X-GitHub-Event": "push"},
-    )
+    response = post_github(client, repository, json.dumps(push_payload()).encode(), secret=None)
     assert response.status_code == 401
     assert "no webhook secret" in response.json()["reason"]
 
@@ -390,12 +389,7 @@ def test_repository_without_secret_refuses_unsigned_deliveries(client, make_repo
 def test_unsigned_deliveries_when_allowed(client, make_repository, settings, how):
     settings.ALLOW_UNSIGNED_WEBHOOKS = how == "setting"
     repository = make_repository(webhook_secret="", allow_unsigned=how == "repository")
-    response = client.post(
-        f"/hooks/{repository.slug}/",
-        data=json.dumps(push_payload()),
-        content_type="application/json",
-        headers={"X-GitHub-Event": "push"},
-    )
+    response = post_github(client, repository, json.dumps(push_payload()).encode(), secret=None)
     assert response.status_code == 202, response.json()
     assert only_delivery().signature == Delivery.Signature.UNSIGNED_ALLOWED
 
@@ -411,13 +405,7 @@ def test_unknown_sender_is_401_when_a_secret_is_set(client, make_repository):
 def test_malformed_json_is_400_with_a_message(client, make_repository):
     repository = make_repository()
     body = b'{"ref": "refs/heads/main", '
-    signature = "sha256=" + hmac.new(TEST_SECRET.encode(), body, hashlib.sha256).hexdigest()
-    response = client.post(
-        f"/hooks/{repository.slug}/",
-        data=body,
-        content_type="application/json",
-        headers={"X-GitHub-Event": "push", "X-Hub-Signature-256": signature},
-    )
+    response = post_github(client, repository, body)
     assert response.status_code == 400
     assert "JSON" in response.json()["reason"] or "json" in response.json()["reason"]
     assert only_delivery().signature == Delivery.Signature.VALID
@@ -469,12 +457,7 @@ def test_body_cap_is_enforced_while_reading_without_a_content_length():
 @override_settings(MAX_WEBHOOK_BYTES=1000)
 def test_body_over_the_cap_through_the_client_is_413(client, make_repository):
     repository = make_repository()
-    response = client.post(
-        f"/hooks/{repository.slug}/",
-        data=b"{" + b" " * 2000 + b"}",
-        content_type="application/json",
-        headers={"X-GitHub-Event": "push"},
-    )
+    response = post_github(client, repository, b"{" + b" " * 2000 + b"}", secret=None)
     assert response.status_code == 413
     assert only_delivery().verdict == Delivery.Verdict.REJECTED
 
@@ -559,12 +542,6 @@ def test_api_endpoint_serves_only_the_env_repository(client, make_repository):
 )
 def test_hostile_but_signed_bodies_are_400_never_500(client, make_repository, body):
     repository = make_repository()
-    signature = "sha256=" + hmac.new(TEST_SECRET.encode(), body, hashlib.sha256).hexdigest()
-    response = client.post(
-        f"/hooks/{repository.slug}/",
-        data=body,
-        content_type="application/json",
-        headers={"X-GitHub-Event": "push", "X-Hub-Signature-256": signature},
-    )
+    response = post_github(client, repository, body)
     assert response.status_code == 400, response.content
     assert only_delivery().status_code == 400
