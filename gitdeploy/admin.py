@@ -8,15 +8,14 @@ call SyncRun.request(), which queues a new run (or joins the queued one). They n
 
 from __future__ import annotations
 
-import json
 import secrets
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db.models import OuterRef, Subquery
+from django.db.models import OuterRef
 from django.http import HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
@@ -25,9 +24,23 @@ from django.utils.html import escape, format_html
 from django.views.decorators.http import require_POST
 
 from gitdeploy import providers
+from gitdeploy.display import (
+    commit_html,
+    format_duration,
+    pretty_text,
+    run_commits_html,
+    short_sha,
+    status_badge,
+)
 from gitdeploy.environment import ENV_FIELDS
-from gitdeploy.models import Delivery, Repository, SyncRun, WorkerHeartbeat
-from gitdeploy.templatetags.gitdeploy_extras import commit_html, short_sha, status_badge
+from gitdeploy.models import (
+    Delivery,
+    DeployRefused,
+    Repository,
+    SyncRun,
+    WorkerHeartbeat,
+    provider_of,
+)
 
 TRIGGER_PERMISSION = "gitdeploy.trigger_deploy"
 SECRET_MASK = "••••••••"  # noqa: S105 - a mask, not a password
@@ -37,33 +50,9 @@ def can_trigger(request) -> bool:
     return request.user.is_active and request.user.has_perm(TRIGGER_PERMISSION)
 
 
-def latest_provider(repository_ref):
-    """Subquery: the provider of the repository's newest delivery (tells a self-hosted GitLab from a
-    Gitea when drawing commit links)."""
-    return Subquery(
-        Delivery.objects.filter(repository=repository_ref)
-        .exclude(provider="")
-        .order_by("-received_at", "-pk")
-        .values("provider")[:1]
-    )
-
-
 def admin_url(obj, action: str = "change") -> str:
     opts = obj._meta
     return reverse(f"admin:{opts.app_label}_{opts.model_name}_{action}", args=[obj.pk])
-
-
-def format_duration(delta) -> str:
-    if delta is None:
-        return "—"
-    seconds = delta.total_seconds()
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, seconds = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes} min {seconds} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes} min"
 
 
 def known_secrets(repository: Repository) -> list[str]:
@@ -88,31 +77,6 @@ def scrub(text: str, repository: Repository) -> str:
     return text
 
 
-def pretty_text(raw: str) -> str:
-    """A JSON body indented (GitHub's form-encoded `payload=` unwrapped first), else as is."""
-    text = raw or ""
-    candidate = text
-    if not text.lstrip().startswith(("{", "[")):
-        payload = parse_qs(text, keep_blank_values=True).get("payload")
-        if payload:
-            candidate = payload[0]
-    try:
-        return json.dumps(json.loads(candidate), indent=2, ensure_ascii=False, sort_keys=False)
-    except (ValueError, RecursionError):  # a stored hostile body may nest past the parser's limit
-        return text
-
-
-def run_commits_html(run: SyncRun, provider: str = ""):
-    clone_url = run.repository.clone_url
-    previous = commit_html(clone_url, run.previous_commit, provider)
-    deployed = commit_html(clone_url, run.deployed_commit, provider)
-    if not run.deployed_commit and run.requested_commit:
-        requested = commit_html(clone_url, run.requested_commit, provider)
-        label = "pinned" if run.pin_commit else "requested"
-        return format_html("{} → <em>{}</em> {}", previous, label, requested)
-    return format_html("{} → {}", previous, deployed)
-
-
 def queued_message(run: SyncRun, joined: bool) -> str:
     if joined:
         return f"'{run.repository}' already had a queued sync: joined the queued run #{run.pk}."
@@ -131,46 +95,22 @@ class TriggerMixin:
         return can_trigger(request)
 
     def _redeploy(self, request, repository: Repository) -> SyncRun | None:
-        if not can_trigger(request):
-            raise PermissionDenied
-        if not repository.enabled:
-            self.message_user(
-                request,
-                f"'{repository}' is disabled: enable it before redeploying.",
-                messages.ERROR,
-            )
-            return None
-        run, joined = SyncRun.request(repository, trigger=SyncRun.Trigger.ADMIN, user=request.user)
-        self.message_user(request, queued_message(run, joined), messages.SUCCESS)
-        return run
+        return self._queue(request, repository.redeploy)
 
     def _rollback(self, request, run: SyncRun) -> SyncRun | None:
+        return self._queue(request, run.roll_back)
+
+    def _queue(self, request, deploy) -> SyncRun | None:
+        """Permission here, policy in the model (Repository.redeploy, SyncRun.roll_back)."""
         if not can_trigger(request):
             raise PermissionDenied
-        if run.status != SyncRun.Status.SUCCEEDED or not run.deployed_commit:
-            self.message_user(
-                request,
-                f"Run #{run.pk} did not deploy a commit: "
-                "only a succeeded run can be rolled back to.",
-                messages.ERROR,
-            )
+        try:
+            run, joined = deploy(request.user, trigger=SyncRun.Trigger.ADMIN)
+        except DeployRefused as refusal:
+            self.message_user(request, str(refusal), messages.ERROR)
             return None
-        if not run.repository.enabled:
-            self.message_user(
-                request,
-                f"'{run.repository}' is disabled: enable it before rolling back.",
-                messages.ERROR,
-            )
-            return None
-        new_run, joined = SyncRun.request(
-            run.repository,
-            trigger=SyncRun.Trigger.ADMIN,
-            commit=run.deployed_commit,
-            pin_commit=True,
-            user=request.user,
-        )
-        self.message_user(request, queued_message(new_run, joined), messages.SUCCESS)
-        return new_run
+        self.message_user(request, queued_message(run, joined), messages.SUCCESS)
+        return run
 
     def trigger_urls(self, *actions: str) -> list:
         """POST-only URLs <pk>/<action>/ served by self.<action>_view, named like the admin's."""
@@ -422,7 +362,7 @@ class RepositoryAdmin(TriggerMixin, admin.ModelAdmin):
                 kwargs["queryset"]
                 .filter(pk__in=latest)
                 .select_related("repository")
-                .annotate(provider_hint=latest_provider(OuterRef("repository")))
+                .annotate(provider_hint=provider_of(OuterRef("repository")))
             )
         return kwargs
 
@@ -458,14 +398,14 @@ class RepositoryAdmin(TriggerMixin, admin.ModelAdmin):
         return super().change_view(request, object_id, form_url, extra_context)
 
     def webhook_context(self, request, obj: Repository) -> dict:
-        deployed = obj.last_successful_run()
-        provider = obj.host_provider()
+        status = Repository.objects.with_status().get(pk=obj.pk)
         return {
             "webhook_url": request.build_absolute_uri(obj.webhook_path()),
             "has_secret": bool(obj.webhook_secret),
-            "deployed_run": deployed,
-            "deployed_commit_html": (
-                commit_html(obj.clone_url, deployed.deployed_commit, provider) if deployed else ""
+            "deployed_run_id": status.deployed_run_id,
+            "deployed_at": status.deployed_at,
+            "deployed_commit_html": commit_html(
+                obj.clone_url, status.deployed_commit or "", status.provider_hint or ""
             ),
             "can_trigger": can_trigger(request),
             "redeploy_url": reverse("admin:gitdeploy_repository_redeploy", args=[obj.pk]),
@@ -507,20 +447,7 @@ class RepositoryAdmin(TriggerMixin, admin.ModelAdmin):
         return super().has_delete_permission(request, obj)
 
     def get_queryset(self, request):
-        # The list's columns from subqueries: one query for the page, not three per repository.
-        runs = SyncRun.objects.filter(repository=OuterRef("pk"))
-        deployed = runs.filter(status=SyncRun.Status.SUCCEEDED).order_by("-finished_at", "-pk")
-        last = runs.order_by("-queued_at", "-pk")
-        return (
-            super()
-            .get_queryset(request)
-            .annotate(
-                deployed_commit=Subquery(deployed.values("deployed_commit")[:1]),
-                last_run_id=Subquery(last.values("pk")[:1]),
-                last_run_status=Subquery(last.values("status")[:1]),
-                provider_hint=latest_provider(OuterRef("pk")),
-            )
-        )
+        return super().get_queryset(request).with_status()
 
     @admin.display(description="deployed")
     def deployed(self, obj):
@@ -656,7 +583,7 @@ class SyncRunAdmin(TriggerMixin, ReadOnlyAdmin):
             super()
             .get_queryset(request)
             .select_related("repository", "triggered_by")
-            .annotate(provider_hint=latest_provider(OuterRef("repository")))
+            .annotate(provider_hint=provider_of(OuterRef("repository")))
         )
 
     @admin.display(description="run", ordering="pk")
@@ -702,7 +629,7 @@ class SyncRunAdmin(TriggerMixin, ReadOnlyAdmin):
                     "redeploy_url": reverse("admin:gitdeploy_syncrun_redeploy", args=[run.pk]),
                     "rollback_url": (
                         reverse("admin:gitdeploy_syncrun_rollback", args=[run.pk])
-                        if run.status == SyncRun.Status.SUCCEEDED and run.deployed_commit
+                        if run.can_roll_back
                         else ""
                     ),
                     "rollback_commit": short_sha(run.deployed_commit),

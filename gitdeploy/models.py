@@ -6,22 +6,17 @@ the admin actions, the CLI and the worker all go through the same locked transit
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
-import hashlib
 import logging
 import re
-from collections.abc import Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 from django.conf import settings
 from django.db import IntegrityError, models, transaction
-from django.db.models import Q, Value
+from django.db.models import OuterRef, Q, Subquery, Value
 from django.db.models.functions import Concat
 from django.urls import reverse
 from django.utils import timezone
-
-from gitdeploy import providers
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +33,40 @@ def redact_url(url: str) -> str:
         host = parts.netloc.rsplit("@", 1)[1]
         return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
     return url
+
+
+class DeployRefused(Exception):
+    """A redeploy or roll back the model will not queue; the message says why, for a person."""
+
+
+class RepositoryQuerySet(models.QuerySet):
+    def with_status(self):
+        """Each repository with what its pages show, from subqueries (one query for a list):
+        deployed_run_id / deployed_commit / deployed_at (the last succeeded run); last_run_id /
+        last_run_status / last_run_queued_at (the newest run); provider_hint (the host of the
+        newest delivery, which tells a self-hosted GitLab from a Gitea when drawing links)."""
+        runs = SyncRun.objects.filter(repository=OuterRef("pk"))
+        deployed = runs.filter(status=SyncRun.Status.SUCCEEDED).order_by("-finished_at", "-pk")
+        last = runs.order_by("-queued_at", "-pk")
+        return self.annotate(
+            deployed_run_id=Subquery(deployed.values("pk")[:1]),
+            deployed_commit=Subquery(deployed.values("deployed_commit")[:1]),
+            deployed_at=Subquery(deployed.values("finished_at")[:1]),
+            last_run_id=Subquery(last.values("pk")[:1]),
+            last_run_status=Subquery(last.values("status")[:1]),
+            last_run_queued_at=Subquery(last.values("queued_at")[:1]),
+            provider_hint=provider_of(OuterRef("pk")),
+        )
+
+
+def provider_of(repository_ref) -> Subquery:
+    """Subquery: the provider of the repository's newest delivery."""
+    return Subquery(
+        Delivery.objects.filter(repository=repository_ref)
+        .exclude(provider="")
+        .order_by("-received_at", "-pk")
+        .values("provider")[:1]
+    )
 
 
 class Repository(models.Model):
@@ -91,6 +120,8 @@ class Repository(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    objects = RepositoryQuerySet.as_manager()
+
     class Meta:
         ordering = ["name"]
         verbose_name_plural = "repositories"
@@ -117,26 +148,13 @@ class Repository(models.Model):
             return settings.API_ENDPOINT
         return reverse("gitdeploy:webhook", args=[self.slug])
 
-    def last_run(self) -> SyncRun | None:
-        return self.sync_runs.order_by("-queued_at", "-pk").first()
+    # --- deploy policy: the admin, the CLI and the pages all ask here ---------------------------
 
-    def last_successful_run(self) -> SyncRun | None:
-        return (
-            self.sync_runs.filter(status=SyncRun.Status.SUCCEEDED)
-            .order_by("-finished_at", "-pk")
-            .first()
-        )
-
-    def host_provider(self) -> str:
-        """The provider of the newest delivery: tells a self-hosted GitLab from a Gitea when
-        drawing links to commits."""
-        return (
-            self.deliveries.exclude(provider="")
-            .order_by("-received_at", "-pk")
-            .values_list("provider", flat=True)
-            .first()
-            or ""
-        )
+    def redeploy(self, user=None, *, trigger: str = "admin") -> tuple[SyncRun, bool]:
+        """Queue a sync of the branch tip (or join the queued one). Raises DeployRefused."""
+        if not self.enabled:
+            raise DeployRefused(f"'{self}' is disabled: enable it before redeploying.")
+        return SyncRun.request(self, trigger=trigger, user=user)
 
     def learn_default_branch(self, branch: str) -> None:
         if branch and branch != self.default_branch:
@@ -298,6 +316,28 @@ class SyncRun(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in self.FINISHED
+
+    @property
+    def can_roll_back(self) -> bool:
+        """Only a run that deployed a commit can be returned to."""
+        return self.status == self.Status.SUCCEEDED and bool(self.deployed_commit)
+
+    def roll_back(self, user=None, *, trigger: str = "admin") -> tuple[SyncRun, bool]:
+        """Queue a run pinned to this run's deployed commit. Raises DeployRefused."""
+        if not self.can_roll_back:
+            raise DeployRefused(
+                f"Run #{self.pk} did not deploy a commit: "
+                "only a succeeded run can be rolled back to."
+            )
+        if not self.repository.enabled:
+            raise DeployRefused(f"'{self.repository}' is disabled: enable it before rolling back.")
+        return SyncRun.request(
+            self.repository,
+            trigger=trigger,
+            commit=self.deployed_commit,
+            pin_commit=True,
+            user=user,
+        )
 
     @property
     def duration(self) -> datetime.timedelta | None:
@@ -507,227 +547,3 @@ class WorkerHeartbeat(models.Model):
     @classmethod
     def latest(cls) -> WorkerHeartbeat | None:
         return cls.objects.order_by("-seen_at").first()
-
-
-# --- receiving a webhook ------------------------------------------------------------------------
-
-REJECTED_BODY_LIMIT = 4096
-
-
-@dataclasses.dataclass(frozen=True)
-class IncomingWebhook:
-    """What the view read from the request; everything else is decided from the Repository."""
-
-    headers: Mapping[str, str]
-    body: bytes
-    content_type: str = ""
-    remote_addr: str | None = None
-    # Set when the body was refused for its size (413) and never read in full.
-    declared_size: int | None = None
-
-
-@dataclasses.dataclass
-class Outcome:
-    status_code: int
-    verdict: str
-    reason: str
-    signature: str = Delivery.Signature.NOT_CHECKED
-    event: providers.Event | None = None
-    sync_run: SyncRun | None = None
-    joined: bool = False
-
-
-def receive_webhook(repository: Repository, incoming: IncomingWebhook) -> Delivery:
-    """Verify, decide and record one webhook request. The Delivery row (and the SyncRun it asks
-    for) is committed before this returns: the answer never claims more than the database holds."""
-    envelope = providers.read_envelope(incoming.headers)
-    outcome = _decide(repository, envelope, incoming)
-    with transaction.atomic():
-        if outcome.verdict in (Delivery.Verdict.QUEUED, Delivery.Verdict.JOINED) and (
-            outcome.sync_run is None
-        ):
-            outcome.sync_run, outcome.joined = SyncRun.request(
-                repository,
-                trigger=SyncRun.Trigger.WEBHOOK,
-                commit=outcome.event.after if outcome.event else "",
-                label=_pusher_label(envelope, outcome.event),
-            )
-            if outcome.joined:
-                outcome.verdict = Delivery.Verdict.JOINED
-                outcome.reason = (
-                    f"joined sync run #{outcome.sync_run.pk}, which is queued and will deploy "
-                    "the branch tip as fetched when it starts"
-                )
-        delivery = Delivery.objects.create(
-            repository=repository,
-            remote_addr=incoming.remote_addr or None,
-            provider=envelope.provider,
-            event=envelope.event[:100],
-            delivery_id=envelope.delivery_id[:200],
-            content_type=incoming.content_type[:200],
-            headers=providers.sanitize_headers(incoming.headers),
-            **_stored_body(incoming, keep_all=outcome.verdict != Delivery.Verdict.REJECTED),
-            ref=(outcome.event.ref if outcome.event else "")[:500],
-            before=(outcome.event.before if outcome.event else "")[:64],
-            after=(outcome.event.after if outcome.event else "")[:64],
-            signature=outcome.signature,
-            verdict=outcome.verdict,
-            reason=outcome.reason,
-            status_code=outcome.status_code,
-            sync_run=outcome.sync_run,
-        )
-    delivery.joined = outcome.joined
-    return delivery
-
-
-def _decide(repository: Repository, envelope: providers.Envelope, incoming: IncomingWebhook):
-    rejected = Delivery.Verdict.REJECTED
-    if incoming.declared_size is not None:
-        return Outcome(
-            413,
-            rejected,
-            f"body of {incoming.declared_size} bytes is over MAX_WEBHOOK_BYTES "
-            f"({settings.MAX_WEBHOOK_BYTES})",
-        )
-
-    # Verify before anything else is read from the body.
-    if repository.webhook_secret:
-        if not envelope.provider:
-            return Outcome(
-                401,
-                rejected,
-                "cannot tell which Git host sent this: no X-GitHub-Event, X-Gitlab-Event, "
-                "X-Gitea-Event/X-Forgejo-Event or X-Event-Key header",
-                Delivery.Signature.MISSING,
-            )
-        signed = providers.has_signature(envelope, incoming.headers)
-        try:
-            providers.verify(envelope, incoming.headers, incoming.body, repository.webhook_secret)
-        except providers.Unauthorized as exc:
-            signature = Delivery.Signature.INVALID if signed else Delivery.Signature.MISSING
-            return Outcome(401, rejected, exc.message, signature)
-        signature = Delivery.Signature.VALID
-    elif repository.effective_allow_unsigned:
-        signature = Delivery.Signature.UNSIGNED_ALLOWED
-        if not envelope.provider:
-            return Outcome(
-                400,
-                rejected,
-                "cannot tell which Git host sent this: no X-GitHub-Event, X-Gitlab-Event, "
-                "X-Gitea-Event/X-Forgejo-Event or X-Event-Key header",
-                signature,
-            )
-    else:
-        return Outcome(
-            401,
-            rejected,
-            "this repository has no webhook secret, and unsigned deliveries are not allowed "
-            "(set a secret, or ALLOW_UNSIGNED_WEBHOOKS=true on a private network)",
-            Delivery.Signature.MISSING,
-        )
-
-    try:
-        event = providers.parse(
-            envelope, incoming.body, incoming.content_type, branch=repository.tracked_branch
-        )
-    except providers.BadPayload as exc:
-        return Outcome(400, rejected, exc.message, signature)
-
-    ignored = Delivery.Verdict.IGNORED
-    if event.kind == "ping":
-        return Outcome(200, ignored, event.reason or "ping", signature, event)
-    if event.kind != "push":
-        return Outcome(
-            200,
-            ignored,
-            event.reason or f"event {envelope.event!r} is not a push",
-            signature,
-            event,
-        )
-    if event.default_branch:
-        repository.learn_default_branch(event.default_branch)
-    if not repository.enabled:
-        return Outcome(200, ignored, "repository is disabled", signature, event)
-    if event.tag:
-        return Outcome(
-            200, ignored, f"tag {event.tag!r}: only branch pushes deploy", signature, event
-        )
-    if not event.branch:
-        return Outcome(200, ignored, f"ref {event.ref!r} is not a branch", signature, event)
-    tracked = repository.tracked_branch
-    if tracked and event.branch != tracked:
-        return Outcome(
-            200,
-            ignored,
-            f"push to branch {event.branch!r}; this repository deploys {tracked!r}",
-            signature,
-            event,
-        )
-    if event.deleted:
-        return Outcome(
-            200,
-            ignored,
-            f"branch {event.branch!r} was deleted; the directory keeps its last commit",
-            signature,
-            event,
-        )
-
-    redelivered = _active_run_of_earlier_delivery(repository, envelope.delivery_id)
-    if redelivered is not None:
-        return Outcome(
-            200,
-            Delivery.Verdict.JOINED,
-            f"redelivery of {envelope.delivery_id}: sync run #{redelivered.pk} it started is "
-            f"still {redelivered.status}",
-            signature,
-            event,
-            sync_run=redelivered,
-            joined=True,
-        )
-    reason = f"push to {event.branch!r} at {event.after[:12]}"
-    if not tracked:
-        reason += " (the remote's default branch is not known yet: the worker resolves it)"
-    return Outcome(202, Delivery.Verdict.QUEUED, reason, signature, event)
-
-
-def _active_run_of_earlier_delivery(repository: Repository, delivery_id: str) -> SyncRun | None:
-    """A redelivery (same provider delivery id) joins the run the original fed while that run is
-    still pending; once it has finished, a redelivery is how users retry, so it asks again."""
-    if not delivery_id:
-        return None
-    earlier = (
-        Delivery.objects.filter(
-            repository=repository, delivery_id=delivery_id, sync_run__isnull=False
-        )
-        .select_related("sync_run")
-        .order_by("-pk")
-        .first()
-    )
-    if earlier is not None and earlier.sync_run.status in (
-        SyncRun.Status.QUEUED,
-        SyncRun.Status.RUNNING,
-    ):
-        return earlier.sync_run
-    return None
-
-
-def _pusher_label(envelope: providers.Envelope, event: providers.Event | None) -> str:
-    who = event.pusher if event else ""
-    host = envelope.provider or "webhook"
-    return (f"{who} via {host}" if who else host)[:200]
-
-
-def _stored_body(incoming: IncomingWebhook, *, keep_all: bool) -> dict:
-    body = incoming.body
-    size = incoming.declared_size if incoming.declared_size is not None else len(body)
-    # A rejected request keeps only its first 4 KiB, so a flood of forged requests cannot fill the
-    # database; the size and hash still identify it.
-    kept = body if keep_all else body[:REJECTED_BODY_LIMIT]
-    # Postgres text cannot hold NUL; the hash is of the bytes as received.
-    text = kept.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
-    return {
-        "body": text,
-        "body_size": size,
-        "body_sha256": hashlib.sha256(body).hexdigest() if incoming.declared_size is None else "",
-        "body_truncated": len(kept) < size,
-    }

@@ -14,8 +14,8 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from gitdeploy.models import Repository, WorkerHeartbeat
-from gitdeploy.templatetags.gitdeploy_extras import commit_html
+from gitdeploy.display import commit_html
+from gitdeploy.models import Repository, SyncRun, WorkerHeartbeat
 
 logger = logging.getLogger(__name__)
 
@@ -23,9 +23,15 @@ logger = logging.getLogger(__name__)
 @require_GET
 def landing(request):
     repositories = []
-    for repository in Repository.objects.filter(enabled=True).order_by("name"):
-        deployed = repository.last_successful_run()
-        provider = repository.host_provider()
+    # One query for every repository's status (RepositoryQuerySet.with_status).
+    for repository in Repository.objects.filter(enabled=True).with_status().order_by("name"):
+        last_run = None
+        if repository.last_run_id:
+            last_run = {
+                "status": repository.last_run_status,
+                "label": SyncRun.Status(repository.last_run_status).label,
+                "queued_at": repository.last_run_queued_at,
+            }
         # Only display-safe values reach the template: never the secret or the raw clone URL.
         repositories.append(
             {
@@ -33,12 +39,16 @@ def landing(request):
                 "branch": repository.tracked_branch,
                 "target_dir": repository.target_dir,
                 "deployed_commit": (
-                    commit_html(repository.clone_url, deployed.deployed_commit, provider)
-                    if deployed
+                    commit_html(
+                        repository.clone_url,
+                        repository.deployed_commit,
+                        repository.provider_hint or "",
+                    )
+                    if repository.deployed_commit
                     else ""
                 ),
-                "deployed_at": deployed.finished_at if deployed else None,
-                "last_run": repository.last_run(),
+                "deployed_at": repository.deployed_at,
+                "last_run": last_run,
                 "webhook_url": request.build_absolute_uri(repository.webhook_path()),
             }
         )

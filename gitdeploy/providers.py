@@ -2,9 +2,9 @@
 
 Pure Python (stdlib only) so it can be tested without Django. The webhook code calls, in order:
 
-    envelope = read_envelope(request.headers)      # headers only, nothing trusted yet
-    verify(envelope, request.headers, body, secret) # raises Unauthorized
-    event = parse(envelope, body, content_type)     # raises BadPayload
+    envelope = read_envelope(request.headers)        # headers only, nothing trusted yet
+    verification = verify(envelope, headers, body, secret)  # valid / invalid / missing + reason
+    event = parse(envelope, body, content_type)       # raises BadPayload
 
 Supported hosts: GitHub (and GitHub Enterprise Server), GitLab, Gitea / Forgejo / Gogs (all
 "gitea"), Bitbucket Cloud (and Bitbucket Server / Data Center pushes, which use the same headers).
@@ -39,7 +39,7 @@ __all__ = [
     "Event",
     "Unauthorized",
     "WebhookError",
-    "has_signature",
+    "Verification",
     "parse",
     "read_envelope",
     "sanitize_headers",
@@ -126,24 +126,46 @@ _SIGNATURE_HEADERS = {
 }
 
 
-def has_signature(envelope: Envelope, headers: Mapping[str, str]) -> bool:
-    """Whether the delivery carries a signature or token header at all (valid or not)."""
-    h = _lower(headers)
-    return any(h.get(name) for name in _SIGNATURE_HEADERS.get(envelope.provider, ()))
+# The signature states; gitdeploy.models.Delivery.Signature stores the same values.
+VALID, INVALID, MISSING = "valid", "invalid", "missing"
 
 
-def verify(envelope: Envelope, headers: Mapping[str, str], body: bytes, secret: str) -> None:
-    """Raise Unauthorized unless the delivery was signed (or carries the token) with ``secret``.
+@dataclass(frozen=True)
+class Verification:
+    """The answer of verify(): ``state`` is VALID, INVALID (a signature or token was sent and is
+    wrong) or MISSING (none was sent); ``reason`` says why it is not valid, never with a secret."""
+
+    state: str
+    reason: str = ""
+
+    @property
+    def valid(self) -> bool:
+        return self.state == VALID
+
+
+def verify(
+    envelope: Envelope, headers: Mapping[str, str], body: bytes, secret: str
+) -> Verification:
+    """Whether the delivery was signed (or carries the token) with ``secret``, in one call.
 
     ``body`` must be the raw request body, byte for byte: the HMAC covers exactly what was sent.
     An empty secret never verifies anything (an HMAC keyed with "" is not a secret); callers that
-    allow unsigned deliveries skip this function instead.
+    allow unsigned deliveries do not call this function.
     """
+    h = _lower(headers)
+    sent = any(h.get(name) for name in _SIGNATURE_HEADERS.get(envelope.provider, ()))
+    try:
+        _check_signature(envelope.provider, h, body, secret)
+    except Unauthorized as exc:
+        return Verification(INVALID if sent else MISSING, exc.message)
+    return Verification(VALID)
+
+
+def _check_signature(provider: str, h: Mapping[str, str], body: bytes, secret: str) -> None:
+    """Raises Unauthorized with the reason unless the signature or token matches."""
     if not secret:
         raise Unauthorized("no webhook secret is configured, so no signature can be checked")
-    h = _lower(headers)
     key = secret.encode("utf-8")
-    provider = envelope.provider
 
     if provider == "github":
         sent = h.get("x-hub-signature-256", "")

@@ -1,4 +1,4 @@
-"""The webhook endpoint: read the request, make one call, answer JSON.
+"""The webhook endpoint: read the request, make one call (intake.receive), render its Receipt.
 
 Status codes are chosen for the Git host's delivery log: 2xx only when the delivery is recorded,
 4xx when retrying cannot help, 503 when it can (the database was unreachable: redeliver later).
@@ -11,7 +11,8 @@ from django.db import DatabaseError
 from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from gitdeploy.models import Delivery, IncomingWebhook, Repository, receive_webhook
+from gitdeploy.intake import IncomingWebhook, receive
+from gitdeploy.models import Repository
 
 logger = logging.getLogger(__name__)
 
@@ -89,23 +90,11 @@ def webhook(request, slug: str, env_only: bool = False):
         declared_size=declared_size,
     )
     try:
-        delivery = receive_webhook(repository, incoming)
+        receipt = receive(repository, incoming)
     except DatabaseError:
         logger.exception("Database unreachable while recording a delivery for %r", slug)
         return _database_unavailable()
-
-    payload = {"delivery": delivery.pk, "reason": delivery.reason}
-    if delivery.verdict in (Delivery.Verdict.QUEUED, Delivery.Verdict.JOINED):
-        payload.update(
-            status="queued" if delivery.status_code == 202 else "duplicate",
-            sync_run=delivery.sync_run_id,
-            joined=delivery.joined,
-        )
-    elif delivery.verdict == Delivery.Verdict.IGNORED:
-        payload["status"] = "ignored"
-    else:
-        payload["status"] = "rejected"
-    return _json(delivery.status_code, payload)
+    return _json(receipt.status_code, receipt.body)
 
 
 def _database_unavailable() -> JsonResponse:

@@ -14,7 +14,7 @@ from django.core.management import call_command
 from django.urls import reverse
 
 from gitdeploy.models import Delivery, Repository, SyncRun, WorkerHeartbeat
-from gitdeploy.templatetags.gitdeploy_extras import commit_url
+from gitdeploy.display import commit_url
 
 TOKEN = "ghp_T0KENinsideTheCloneUrl"
 SECRET = "whsec-stored-webhook-secret-XYZ"
