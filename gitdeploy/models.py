@@ -471,20 +471,27 @@ class SyncRun(models.Model):
             self.refresh_from_db()
         return bool(updated)
 
-    def mark_lost(self) -> SyncRun | None:
+    WORKER_LOST = "worker lost"
+
+    def mark_lost(self, *, give_up: str = "") -> SyncRun | None:
         """A running run whose worker died: failed with "worker lost", and a fresh run queued (or
-        the queued one kept) so the repository still reaches the tip. Returns the follow-up run."""
+        the queued one kept) so the repository still reaches the tip. Returns the follow-up run.
+        With give_up (the reason), nothing is queued: gitdeploy.worker's crash-loop guard."""
+        error = f"{self.WORKER_LOST}: {give_up}" if give_up else self.WORKER_LOST
+        note = f"\n{self.WORKER_LOST}: {self.worker_id} stopped renewing its lease\n"
+        if give_up:
+            note += f"{give_up}\n"
         with transaction.atomic():
             updated = SyncRun.objects.filter(pk=self.pk, status=self.Status.RUNNING).update(
                 status=self.Status.FAILED,
                 finished_at=timezone.now(),
                 lease_expires_at=None,
-                error="worker lost",
-                log=Concat(
-                    "log", Value(f"\nworker lost: {self.worker_id} stopped renewing its lease\n")
-                ),
+                error=error,
+                log=Concat("log", Value(note)),
             )
-            if not updated:
+            if not updated or give_up:
+                if updated:
+                    logger.error("SyncRun %s: worker %s lost; %s", self.pk, self.worker_id, give_up)
                 return None
             follow_up = self.request_again(label="recovery after worker lost")
         logger.warning(
@@ -505,20 +512,6 @@ class SyncRun(models.Model):
             retry_of=self,
         )
         return run
-
-    @classmethod
-    def recover_lost(cls, repository: Repository | None = None) -> list[SyncRun]:
-        """Called by every worker's monitor and before each claim: nothing stays 'running' after a
-        kill -9."""
-        expired = cls.objects.lease_expired().select_related("repository")
-        if repository is not None:
-            expired = expired.filter(repository=repository)
-        follow_ups = []
-        for run in expired:
-            follow_up = run.mark_lost()
-            if follow_up is not None:
-                follow_ups.append(follow_up)
-        return follow_ups
 
 
 def lease_duration() -> datetime.timedelta:

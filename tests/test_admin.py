@@ -13,8 +13,8 @@ from django.contrib.auth.models import Permission, User
 from django.core.management import call_command
 from django.urls import reverse
 
-from gitdeploy.models import Delivery, Repository, SyncRun, WorkerHeartbeat
 from gitdeploy.display import commit_url
+from gitdeploy.models import Delivery, Repository, SyncRun, WorkerHeartbeat
 
 TOKEN = "ghp_T0KENinsideTheCloneUrl"
 SECRET = "whsec-stored-webhook-secret-XYZ"

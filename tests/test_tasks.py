@@ -9,7 +9,7 @@ from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
 from gitdeploy.models import SyncRun
-from gitdeploy.tasks import execute_run
+from gitdeploy.worker import execute_run, recover_lost
 from tests.gitservers import HTTP_PASSWORD, HTTP_USER, git
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -125,7 +125,7 @@ def test_a_run_whose_lease_expired_is_failed_as_worker_lost_and_requeued(make_re
     SyncRun.objects.filter(pk=run.pk).update(
         lease_expires_at=timezone.now() - datetime.timedelta(seconds=1)
     )
-    follow_ups = SyncRun.recover_lost()
+    follow_ups = recover_lost()
     run.refresh_from_db()
     assert run.status == SyncRun.Status.FAILED and run.error == "worker lost"
     assert "worker lost" in run.log
@@ -133,14 +133,14 @@ def test_a_run_whose_lease_expired_is_failed_as_worker_lost_and_requeued(make_re
     fresh = follow_ups[0]
     assert fresh.status == SyncRun.Status.QUEUED and fresh.retry_of_id == run.pk
     assert fresh.requested_commit == "c" * 40
-    assert SyncRun.recover_lost() == [], "recovery happens once"
+    assert recover_lost() == [], "recovery happens once"
 
 
 def test_a_live_lease_is_not_recovered(make_repository):
     repository = make_repository()
     run, _ = SyncRun.request(repository, trigger=SyncRun.Trigger.WEBHOOK)
     assert run.claim("busy-worker")
-    assert SyncRun.recover_lost() == []
+    assert recover_lost() == []
     run.refresh_from_db()
     assert run.status == SyncRun.Status.RUNNING
 
@@ -217,7 +217,7 @@ def test_housekeeping_prunes_only_old_rows(make_repository, settings):
     from django_tasks_db.models import DBTaskResult
 
     from gitdeploy.models import Delivery, WorkerHeartbeat
-    from gitdeploy.tasks import prune_housekeeping
+    from gitdeploy.worker import prune_housekeeping
 
     now = timezone.now()
     long_ago = now - datetime.timedelta(days=40)
@@ -253,9 +253,56 @@ def test_a_recovery_defers_to_a_newer_queued_request(make_repository):
     SyncRun.objects.filter(pk=rollback.pk).update(
         lease_expires_at=timezone.now() - datetime.timedelta(seconds=1)
     )
-    assert SyncRun.recover_lost() == [newer]
+    assert recover_lost() == [newer]
     newer.refresh_from_db()
     assert newer.status == SyncRun.Status.QUEUED, (
         "the newer push is not replaced by the old roll back"
     )
     assert SyncRun.objects.count() == 2
+
+
+def lose(run, worker_id="dead-worker"):
+    """The run's worker dies mid-sync: claimed, then its lease runs out."""
+    assert run.claim(worker_id)
+    SyncRun.objects.filter(pk=run.pk).update(
+        lease_expires_at=timezone.now() - datetime.timedelta(seconds=1)
+    )
+
+
+def test_a_request_that_crashed_the_worker_twice_is_failed_not_retried(make_repository):
+    repository = make_repository()
+    run, _ = SyncRun.request(repository, trigger=SyncRun.Trigger.WEBHOOK, commit="c" * 40)
+    lose(run)
+    (second,) = recover_lost()
+    lose(second, "another-dead-worker")
+    assert recover_lost() == [], "the crash-loop guard queues nothing after the second loss"
+    second.refresh_from_db()
+    assert second.status == SyncRun.Status.FAILED
+    assert second.error.startswith("worker lost: the worker was lost 2 times")
+    assert "not retried" in second.log
+    assert not SyncRun.objects.filter(status=SyncRun.Status.QUEUED).exists()
+    # A new push is a new request: it deploys as usual.
+    fresh, joined = SyncRun.request(repository, trigger=SyncRun.Trigger.WEBHOOK)
+    assert not joined and fresh.attempt == 1
+
+
+def test_the_task_runs_as_the_worker_that_claimed_it(make_repository, remote):
+    from django_tasks_db.management.commands.db_worker import Worker
+
+    repository = make_repository(clone_url=remote.url)
+    run, _ = SyncRun.request(repository, trigger=SyncRun.Trigger.WEBHOOK)
+    worker = Worker(
+        queue_names=["gitdeploy"],
+        interval=0,
+        batch=True,
+        backend_name="default",
+        startup_delay=False,
+        max_tasks=1,
+        worker_id="claiming-worker-7",
+        excluded_queue_names=[],
+    )
+    worker.run()
+    run.refresh_from_db()
+    assert run.status == SyncRun.Status.SUCCEEDED, run.log
+    assert run.worker_id == "claiming-worker-7"
+    assert "on worker claiming-worker-7" in run.log

@@ -1,14 +1,18 @@
 """`manage.py db_worker`: django-tasks-db's worker, with gitdeploy's defaults and a monitor thread.
 
-The monitor records a heartbeat (for /api/ready) and recovers SyncRuns whose worker died. The
-defaults make a queued run start within 0.1 s: poll every 0.05 s, no random start-up delay, and
-only the gitdeploy queue.
+The defaults are gitdeploy's worker flags, written here and nowhere else (compose, the Makefile
+and the README run plain `manage.py db_worker`): only the gitdeploy queue, poll every 0.05 s so
+a queued run starts within 0.1 s, no random start-up delay, and no auto-reloader (DEBUG would
+otherwise restart the worker mid-sync when a file changes). Any of them can still be given.
+
+The monitor (gitdeploy.worker.WorkerMonitor) records a heartbeat for /api/ready and recovers
+SyncRuns whose worker died.
 """
 
 from django.conf import settings
 from django_tasks_db.management.commands import db_worker
 
-from gitdeploy import tasks
+from gitdeploy import worker
 
 
 class Command(db_worker.Command):
@@ -20,12 +24,11 @@ class Command(db_worker.Command):
             queue_name=settings.GITDEPLOY_QUEUE,
             interval=0.05,
             startup_delay=False,
+            reload=False,
         )
 
     def handle(self, *args, **options) -> None:
-        worker_id = options["worker_id"]
-        tasks.worker_identity["id"] = worker_id
-        monitor = tasks.WorkerMonitor(worker_id)
+        monitor = worker.WorkerMonitor(options["worker_id"])
         monitor.start()
         try:
             super().handle(*args, **options)

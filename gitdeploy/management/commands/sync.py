@@ -7,7 +7,7 @@ import time
 from django.core.management.base import BaseCommand, CommandError
 
 from gitdeploy.models import Repository, SyncRun
-from gitdeploy.tasks import execute_run
+from gitdeploy.worker import execute_run
 
 
 class Command(BaseCommand):
