@@ -17,7 +17,7 @@ endif
 help:
 	@echo "make run      install, migrate and serve on http://$(HOST):$(PORT) with a worker (SQLite by default)"
 	@echo "make test     run the test suite (DATABASE_URL=postgres://... for PostgreSQL)"
-	@echo "make lint     ruff; make check-migrations; make check-deploy; make ci (what .ci/run does)"
+	@echo "make lint     ruff and mypy; make check-migrations; make check-deploy; make ci (what .ci/run does)"
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -52,7 +52,7 @@ migrate: install data/secret_key
 run: migrate
 	@echo "gitdeploy on http://$(HOST):$(PORT)/  (admin: /admin/, webhook: /hooks/<slug>/ or $${API_ENDPOINT:-/api/webhook})"
 	@trap 'stopping=1' INT; trap 'stopping=1; kill -TERM $$web $$worker 2>/dev/null' TERM; \
-	$(BIN)/python manage.py db_worker --no-reload & worker=$$!; \
+	$(BIN)/python manage.py db_worker & worker=$$!; \
 	$(BIN)/gunicorn project.wsgi:application --bind $(HOST):$(PORT) --workers $(WEB_CONCURRENCY) \
 		--access-logfile - & web=$$!; \
 	wait -n $$web $$worker; status=$$?; \
@@ -63,13 +63,14 @@ web: migrate
 	$(BIN)/gunicorn project.wsgi:application --bind $(HOST):$(PORT) --workers $(WEB_CONCURRENCY) --access-logfile -
 
 worker: migrate
-	$(BIN)/python manage.py db_worker --no-reload
+	$(BIN)/python manage.py db_worker
 
 test: install-test
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: install-test
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 check-migrations: install-test
 	$(BIN)/python manage.py makemigrations --check --dry-run

@@ -9,6 +9,7 @@ call SyncRun.request(), which queues a new run (or joins the queued one). They n
 from __future__ import annotations
 
 import secrets
+from typing import cast
 from urllib.parse import urlsplit
 
 from django import forms
@@ -37,6 +38,7 @@ from gitdeploy.models import (
     Delivery,
     DeployRefused,
     Repository,
+    RepositoryQuerySet,
     SyncRun,
     WorkerHeartbeat,
     provider_of,
@@ -88,7 +90,7 @@ def queued_message(run: SyncRun, joined: bool) -> str:
     return f"Queued sync run #{run.pk} for '{run.repository}'."
 
 
-class TriggerMixin:
+class TriggerMixin(admin.ModelAdmin):
     """Redeploy / roll back, shared by the repository, run and delivery admins."""
 
     def has_trigger_deploy_permission(self, request) -> bool:
@@ -202,7 +204,7 @@ class RepositoryForm(forms.ModelForm):
         return value
 
     def clean(self):
-        cleaned = super().clean()
+        cleaned = super().clean() or {}
         chosen = [
             bool(cleaned.get("new_webhook_secret")),
             bool(cleaned.get("generate_secret")),
@@ -241,7 +243,7 @@ class SyncRunInline(ReadOnlyInline):
     fk_name = "repository"
     verbose_name = "recent sync run"
     verbose_name_plural = "last 20 sync runs"
-    fields = [
+    fields = readonly_fields = (
         "run_link",
         "status_display",
         "trigger",
@@ -250,8 +252,7 @@ class SyncRunInline(ReadOnlyInline):
         "queued_at",
         "finished_at",
         "duration_display",
-    ]
-    readonly_fields = fields
+    )
     ordering = ["-queued_at", "-pk"]
     show_change_link = False
 
@@ -447,7 +448,7 @@ class RepositoryAdmin(TriggerMixin, admin.ModelAdmin):
         return super().has_delete_permission(request, obj)
 
     def get_queryset(self, request):
-        return super().get_queryset(request).with_status()
+        return cast(RepositoryQuerySet, super().get_queryset(request)).with_status()
 
     @admin.display(description="deployed")
     def deployed(self, obj):
@@ -500,8 +501,15 @@ class DeliveryInline(ReadOnlyInline):
     model = Delivery
     fk_name = "sync_run"
     verbose_name_plural = "deliveries served by this run"
-    fields = ["delivery_link", "received_at", "provider", "event", "ref", "after_short", "verdict"]
-    readonly_fields = fields
+    fields = readonly_fields = (
+        "delivery_link",
+        "received_at",
+        "provider",
+        "event",
+        "ref",
+        "after_short",
+        "verdict",
+    )
 
     @admin.display(description="delivery")
     def delivery_link(self, delivery):
@@ -812,8 +820,15 @@ class DeliveryAdmin(TriggerMixin, ReadOnlyAdmin):
 @admin.register(WorkerHeartbeat)
 class WorkerHeartbeatAdmin(ReadOnlyAdmin):
     list_display = ["worker_id", "hostname", "pid", "started_at", "seen_at", "age", "alive"]
-    fields = ["worker_id", "hostname", "pid", "started_at", "seen_at", "age", "alive"]
-    readonly_fields = fields
+    fields = readonly_fields = (
+        "worker_id",
+        "hostname",
+        "pid",
+        "started_at",
+        "seen_at",
+        "age",
+        "alive",
+    )
     ordering = ["-seen_at"]
 
     @admin.display(description="last seen")

@@ -18,6 +18,8 @@ from django.db.models.functions import Concat
 from django.urls import reverse
 from django.utils import timezone
 
+from gitdeploy.environment import ENV_SLUG
+
 logger = logging.getLogger(__name__)
 
 SHA_RE = re.compile(r"^[0-9a-f]{7,64}$")
@@ -144,7 +146,7 @@ class Repository(models.Model):
         return self.allow_unsigned or settings.ALLOW_UNSIGNED_WEBHOOKS
 
     def webhook_path(self) -> str:
-        if self.slug == "default" and self.managed_by_env:
+        if self.slug == ENV_SLUG and self.managed_by_env:
             return settings.API_ENDPOINT
         return reverse("gitdeploy:webhook", args=[self.slug])
 
@@ -434,7 +436,7 @@ class SyncRun(models.Model):
     def renew_lease(self, log: str | None = None) -> bool:
         """Extends the lease (and publishes the log so far); False if the run is no longer ours
         (it was recovered as lost while this worker was stalled)."""
-        fields = {"lease_expires_at": timezone.now() + lease_duration()}
+        fields: dict[str, object] = {"lease_expires_at": timezone.now() + lease_duration()}
         if log is not None:
             fields["log"] = log
         return bool(

@@ -384,7 +384,7 @@ def _github(name: str, payload: dict[str, Any]) -> Event:
         payload, "repository", "owner", "name"
     )
     repo = _text(payload, "repository", "name")
-    info = {
+    info: dict[str, Any] = {
         "repository": _text(payload, "repository", "full_name")
         or (f"{owner}/{repo}" if owner and repo else repo),
         "default_branch": _text(payload, "repository", "default_branch")
@@ -406,7 +406,7 @@ def _github(name: str, payload: dict[str, Any]) -> Event:
 
 
 def _gitea(name: str, payload: dict[str, Any]) -> Event:
-    info = {
+    info: dict[str, Any] = {
         "repository": _text(payload, "repository", "full_name"),
         "default_branch": _text(payload, "repository", "default_branch"),
     }
@@ -446,7 +446,7 @@ _GITLAB_PUSH_KINDS = {"push", "tag_push"}
 
 
 def _gitlab(name: str, payload: dict[str, Any]) -> Event:
-    info = {
+    info: dict[str, Any] = {
         "repository": _text(payload, "project", "path_with_namespace")
         or _text(payload, "repository", "name"),
         "default_branch": _text(payload, "project", "default_branch"),
@@ -516,7 +516,7 @@ def _bitbucket_cloud(payload: dict[str, Any], branch: str) -> Event:
     changes = _get(payload, "push", "changes")
     if not isinstance(changes, list) or not changes:
         raise BadPayload(f"{what}: no push.changes list")
-    info = {
+    info: dict[str, Any] = {
         "repository": _text(payload, "repository", "full_name"),
         "default_branch": _text(payload, "repository", "mainbranch", "name"),
         "pusher": _text(payload, "actor", "nickname")
@@ -557,7 +557,7 @@ def _bitbucket_server(payload: dict[str, Any], branch: str) -> Event:
         _text(payload, "repository", "project", "key"),
         _text(payload, "repository", "slug"),
     )
-    info = {
+    info: dict[str, Any] = {
         "repository": f"{project}/{slug}" if project and slug else slug,
         "pusher": _text(payload, "actor", "name") or _text(payload, "actor", "displayName"),
     }

@@ -1,10 +1,11 @@
 from django.conf import settings
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import URLPattern, URLResolver, include, path
 
 from gitdeploy import views
+from gitdeploy.environment import ENV_SLUG
 
-urlpatterns = [
+urlpatterns: list[URLPattern | URLResolver] = [
     path("", include("gitdeploy.urls")),
     path("admin/", admin.site.urls),
 ]
@@ -15,7 +16,7 @@ if api_endpoint:
     urlpatterns.insert(
         0,
         path(
-            api_endpoint, views.webhook, {"slug": "default", "env_only": True}, name="api_webhook"
+            api_endpoint, views.webhook, {"slug": ENV_SLUG, "env_only": True}, name="api_webhook"
         ),
     )
     if not api_endpoint.endswith("/"):
@@ -24,7 +25,7 @@ if api_endpoint:
             path(
                 api_endpoint + "/",
                 views.webhook,
-                {"slug": "default", "env_only": True},
+                {"slug": ENV_SLUG, "env_only": True},
                 name="api_webhook_slash",
             ),
         )
