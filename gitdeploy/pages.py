@@ -83,7 +83,7 @@ def check_database() -> dict:
             cursor.fetchone()
     except Exception as exc:  # any driver error means "not ready", never a 500
         logger.warning("readiness: database unreachable: %s", exc.__class__.__name__)
-        return _check(False, f"unreachable ({exc.__class__.__name__})")
+        return _check(False, f"database unreachable ({exc.__class__.__name__})")
     return _check(True, "reachable")
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -27,8 +28,11 @@ import traceback
 from pathlib import Path
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import InterfaceError, OperationalError, close_old_connections, connections
+from django.db.models import Q
 from django.utils import timezone
+from django_tasks import TaskResultStatus
+from django_tasks_db.management.commands.db_worker import Worker
 
 from gitdeploy import sync
 from gitdeploy.models import Repository, SyncRun, redact_url
@@ -43,6 +47,44 @@ MAX_LOG_CHARS = 2 * 1024 * 1024
 # again: whatever it does (a post-deploy command that exhausts memory, a git that hangs the box)
 # takes the worker down, and retrying it forever would crash-loop every worker.
 CRASH_LIMIT = 2
+
+
+# What an unreachable database raises (a restart, a network cut, a failover): waited out, never a
+# reason to exit or to drop a result. Anything else is a bug and surfaces.
+DATABASE_DOWN = (OperationalError, InterfaceError)
+DATABASE_BACKOFF_MAX = 5.0  # seconds: short, so a restarted database is used again quickly
+
+# Runs this process is executing now: never "lost" while it is alive, even when the database was
+# away for longer than the lease (recover_lost skips them; their result is still to be written).
+running_here: set[int] = set()
+
+
+def close_connections() -> None:
+    """Drops every connection of this thread, so the next query reconnects."""
+    for connection in connections.all(initialized_only=True):
+        try:
+            connection.close()
+        except DATABASE_DOWN:  # closing a dead connection can fail too; it is gone either way
+            pass
+
+
+def until_recorded(write, *, what: str):
+    """Calls write() until the database accepts it: a finished run's result must not be lost to a
+    database restart. Backs off up to DATABASE_BACKOFF_MAX seconds between tries."""
+    delay = 0.25
+    while True:
+        try:
+            return write()
+        except DATABASE_DOWN as exc:
+            logger.warning(
+                "%s: database unreachable (%s); trying again in %.1f s",
+                what,
+                exc.__class__.__name__,
+                delay,
+            )
+            close_connections()
+            time.sleep(delay)
+            delay = min(delay * 2, DATABASE_BACKOFF_MAX)
 
 
 def local_worker_id() -> str:
@@ -124,7 +166,18 @@ class LeaseKeeper:
         if now - self.last < self.interval:
             return
         self.last = now
-        if not self.run.renew_lease(log=self.log.text()) and not self.lost:
+        try:
+            renewed = self.run.renew_lease(log=self.log.text())
+        except DATABASE_DOWN as exc:
+            # The sync goes on; the result is written when the database is back (until_recorded).
+            logger.warning(
+                "SyncRun %s: lease not renewed, database unreachable (%s)",
+                self.run.pk,
+                exc.__class__.__name__,
+            )
+            close_connections()
+            return
+        if not renewed and not self.lost:
             self.lost = True
             logger.error("SyncRun %s is no longer owned by %s", self.run.pk, self.run.worker_id)
 
@@ -155,7 +208,11 @@ def execute_run(run_id: int, *, worker_id: str) -> SyncRun | None:
                 break
             # Another worker that does not share our lock directory still holds a live lease.
             time.sleep(0.5)
-        _perform(run)
+        running_here.add(run.pk)
+        try:
+            _perform(run)
+        finally:
+            running_here.discard(run.pk)
     close_old_connections()
     return run
 
@@ -177,21 +234,29 @@ def _perform(run: SyncRun) -> None:
         result = sync.sync(spec_for(run), log=log, heartbeat=keeper)
     except sync.SyncError as exc:
         log(f"FAILED: {exc}")
-        run.finish(
-            succeeded=False,
-            log=log.text(),
-            error=sync.redact(str(exc), log.secrets),
-            previous_commit=exc.previous_commit,
-            deployed_commit=exc.deployed_commit,
-            post_deploy_exit_code=exc.post_deploy_exit_code,
+        failure = exc  # the except clause unbinds exc; the retries below still need it
+        until_recorded(
+            lambda: run.finish(
+                succeeded=False,
+                log=log.text(),
+                error=sync.redact(str(failure), log.secrets),
+                previous_commit=failure.previous_commit,
+                deployed_commit=failure.deployed_commit,
+                post_deploy_exit_code=failure.post_deploy_exit_code,
+            ),
+            what=f"SyncRun {run.pk} result",
         )
-        if exc.retryable:
-            _schedule_retry(run)
+        if failure.retryable:
+            until_recorded(lambda: _schedule_retry(run), what=f"SyncRun {run.pk} retry")
         return
     except Exception as exc:  # a bug must not leave the run 'running' until its lease expires
         log("FAILED with an unexpected error:")
         log(traceback.format_exc())
-        run.finish(succeeded=False, log=log.text(), error=sync.redact(repr(exc), log.secrets))
+        error = sync.redact(repr(exc), log.secrets)
+        until_recorded(
+            lambda: run.finish(succeeded=False, log=log.text(), error=error),
+            what=f"SyncRun {run.pk} result",
+        )
         logger.exception("SyncRun %s crashed", run.pk)
         return
     except BaseException:
@@ -201,16 +266,20 @@ def _perform(run: SyncRun) -> None:
         if run.finish(succeeded=False, log=log.text(), error="worker stopped during the sync"):
             run.request_again(label=f"retry of run #{run.pk}, interrupted")
         raise
-    if not repository.branch and result.branch:
-        repository.learn_default_branch(result.branch)
     log(f"deployed {result.deployed_commit} (was {result.previous_commit or 'nothing'})")
-    run.finish(
-        succeeded=True,
-        log=log.text(),
-        previous_commit=result.previous_commit,
-        deployed_commit=result.deployed_commit,
-        post_deploy_exit_code=result.post_deploy_exit_code,
-    )
+
+    def record() -> None:
+        if not repository.branch and result.branch:
+            repository.learn_default_branch(result.branch)
+        run.finish(
+            succeeded=True,
+            log=log.text(),
+            previous_commit=result.previous_commit,
+            deployed_commit=result.deployed_commit,
+            post_deploy_exit_code=result.post_deploy_exit_code,
+        )
+
+    until_recorded(record, what=f"SyncRun {run.pk} result")
 
 
 def _schedule_retry(run: SyncRun) -> None:
@@ -230,7 +299,11 @@ def _schedule_retry(run: SyncRun) -> None:
 def recover_lost(repository: Repository | None = None) -> list[SyncRun]:
     """Called by every worker's monitor and before each claim: nothing stays 'running' after a
     kill -9. Returns the runs queued to carry the lost ones' requests on."""
-    expired = SyncRun.objects.lease_expired().select_related("repository")
+    expired = (
+        SyncRun.objects.lease_expired()
+        .exclude(pk__in=running_here)
+        .select_related("repository")
+    )
     if repository is not None:
         expired = expired.filter(repository=repository)
     follow_ups = []
@@ -279,6 +352,53 @@ def prune_housekeeping(now: datetime.datetime | None = None) -> dict[str, int]:
     return pruned
 
 
+def requeue_stranded(now: datetime.datetime | None = None) -> list[SyncRun]:
+    """Queued runs that no task will ever start: their task was taken by a worker that died (kill
+    -9, or the database went away between the task's claim and the run's), so the task row is
+    RUNNING under a worker with no heartbeat, or gone. Each gets a new task; a duplicate task is
+    harmless (execute_run returns at once for a run that is no longer queued)."""
+    from django_tasks_db.models import DBTaskResult
+
+    from gitdeploy.models import WorkerHeartbeat
+    from gitdeploy.tasks import run_sync
+
+    now = now or timezone.now()
+    settle = now - datetime.timedelta(seconds=STRANDED_AFTER)
+    queued = list(
+        SyncRun.objects.filter(status=SyncRun.Status.QUEUED, queued_at__lt=settle).filter(
+            Q(run_after__isnull=True) | Q(run_after__lt=settle)
+        )
+    )
+    if not queued:
+        return []
+    alive = set(
+        WorkerHeartbeat.objects.filter(
+            seen_at__gte=now - datetime.timedelta(seconds=settings.WORKER_HEARTBEAT_MAX_AGE)
+        ).values_list("worker_id", flat=True)
+    )
+    covered = set()
+    tasks = DBTaskResult.objects.filter(
+        task_path=run_sync.module_path,
+        status__in=[TaskResultStatus.READY, TaskResultStatus.RUNNING],
+    ).values_list("status", "worker_ids", "args_kwargs")
+    for status, worker_ids, args_kwargs in tasks:
+        if status == TaskResultStatus.RUNNING and (not worker_ids or worker_ids[-1] not in alive):
+            continue  # its worker is gone: this task will never finish
+        args = (args_kwargs or {}).get("args") or []
+        if args:
+            covered.add(args[0])
+    stranded = [run for run in queued if run.pk not in covered]
+    for run in stranded:
+        logger.warning("SyncRun %s was queued with no live task: queued again", run.pk)
+        run.enqueue()
+    return stranded
+
+
+# A queued run older than this with no live task is stranded (a normal one is picked up in < 0.1 s,
+# or waits as a READY task / behind the repository lock in a live worker's RUNNING task).
+STRANDED_AFTER = 30.0
+
+
 class WorkerMonitor(threading.Thread):
     """Beside the db_worker loop: records this worker's heartbeat for /api/ready and recovers runs
     whose worker died, so nothing stays 'running' forever after a kill -9."""
@@ -290,23 +410,83 @@ class WorkerMonitor(threading.Thread):
         self.stopped = threading.Event()
 
     PRUNE_EVERY = 3600.0
+    STRANDED_EVERY = 10.0
 
     def run(self) -> None:
         hostname, pid = socket.gethostname(), os.getpid()
         next_prune = time.monotonic()
+        next_stranded = time.monotonic() + self.STRANDED_EVERY
+        database_down = False
         while not self.stopped.is_set():
             try:
                 from gitdeploy.models import WorkerHeartbeat
 
                 WorkerHeartbeat.beat(self.worker_id, hostname, pid)
                 recover_lost()
+                if time.monotonic() >= next_stranded:
+                    next_stranded = time.monotonic() + self.STRANDED_EVERY
+                    requeue_stranded()
                 if time.monotonic() >= next_prune:
                     next_prune = time.monotonic() + self.PRUNE_EVERY
                     pruned = prune_housekeeping()
                     if any(pruned.values()):
                         logger.info("pruned old rows: %s", pruned)
+                if database_down:
+                    logger.warning("worker monitor: the database is reachable again")
+                database_down = False
+            except DATABASE_DOWN as exc:
+                # One line per outage, not a traceback every two seconds.
+                if not database_down:
+                    logger.warning(
+                        "worker monitor: database unreachable (%s); waiting for it",
+                        exc.__class__.__name__,
+                    )
+                database_down = True
+                close_connections()
             except Exception:
                 logger.exception("worker monitor: heartbeat or recovery failed; trying again")
             finally:
                 close_old_connections()
             self.stopped.wait(self.every)
+
+
+class ResilientWorker(Worker):
+    """django-tasks-db's worker loop, made to outlive the database and to stop cleanly.
+
+    - Its loop raises OperationalError when the database restarts, which ended the process: here
+      the loop is entered again after a backoff (connections closed first), for as long as the
+      outage lasts. A task the lost connection interrupted is left to requeue_stranded and the
+      run's lease.
+    - An idle worker's first SIGTERM raised SystemExit from the signal handler, possibly in the
+      middle of a database call, and psycopg then failed while closing (a ProgrammingError
+      traceback on a clean stop): here it only asks the loop to end, within one poll interval.
+      During a task, the first signal lets it finish and a second one stops at once, as upstream.
+    """
+
+    def shutdown(self, signum: int, frame) -> None:
+        if self.running and not self.running_task:
+            logger.info("Received %s - stopping", signal.strsignal(signum))
+            self.running = False
+            return
+        super().shutdown(signum, frame)
+
+    def run(self) -> None:
+        delay = 0.25
+        while self.running:
+            started = time.monotonic()
+            try:
+                super().run()
+                return
+            except DATABASE_DOWN as exc:
+                if time.monotonic() - started > 60:
+                    delay = 0.25  # a new outage after a good while: retry quickly again
+                logger.warning(
+                    "worker: database unreachable (%s); trying again in %.1f s",
+                    exc.__class__.__name__,
+                    delay,
+                )
+                close_connections()
+                deadline = time.monotonic() + delay
+                while self.running and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                delay = min(delay * 2, DATABASE_BACKOFF_MAX)

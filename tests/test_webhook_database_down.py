@@ -95,6 +95,15 @@ def test_webhook_answers_503_json_when_the_database_is_unreachable(
         assert headers.get("Content-Type", "").startswith("application/json")
         assert json.loads(text)["status"] == "error"
         assert "Retry-After" in headers
+
+        # The readiness probe says why, so an operator knows what to fix.
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/ready", timeout=20)
+            pytest.fail("/api/ready answered 2xx with the database down")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 503
+            checks = json.loads(exc.read().decode())["checks"]
+        assert checks["database"]["detail"].startswith("database unreachable")
     finally:
         server.terminate()
         server.wait(timeout=20)

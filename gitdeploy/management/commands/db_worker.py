@@ -2,14 +2,14 @@
 
 The defaults are gitdeploy's worker flags, written here and nowhere else (compose, the Makefile
 and the README run plain `manage.py db_worker`): only the gitdeploy queue, poll every 0.05 s so
-a queued run starts within 0.1 s, no random start-up delay, and no auto-reloader (DEBUG would
-otherwise restart the worker mid-sync when a file changes). Any of them can still be given.
-
-The monitor (gitdeploy.worker.WorkerMonitor) records a heartbeat for /api/ready and recovers
-SyncRuns whose worker died.
+a queued run starts within 0.1 s, no random start-up delay, and no auto-reloader (a reload would
+abandon a running sync). The loop is gitdeploy.worker.ResilientWorker, which outlives database
+restarts and stops cleanly; the monitor (gitdeploy.worker.WorkerMonitor) records a heartbeat for
+/api/ready, recovers runs whose worker died and requeues runs whose task was lost.
 """
 
 from django.conf import settings
+from django.core.management.base import CommandError
 from django_tasks_db.management.commands import db_worker
 
 from gitdeploy import worker
@@ -27,10 +27,46 @@ class Command(db_worker.Command):
             reload=False,
         )
 
-    def handle(self, *args, **options) -> None:
-        monitor = worker.WorkerMonitor(options["worker_id"])
+    def handle(
+        self,
+        *,
+        verbosity: int,
+        queue_name: str,
+        interval: float,
+        batch: bool,
+        backend_name: str,
+        startup_delay: bool,
+        reload: bool,
+        max_tasks: int | None,
+        worker_id: str,
+        exclude_queues: str,
+        **options,
+    ) -> None:
+        self.configure_logging(verbosity)
+        if reload:
+            raise CommandError(
+                "gitdeploy's worker does not auto-reload (a reload would abandon a running sync); "
+                "restart it after changing code"
+            )
+        queue_names = queue_name.split(",")
+        excluded = exclude_queues.split(",") if exclude_queues else []
+        if excluded and "*" not in queue_names:
+            raise CommandError("--exclude-queues can only be used with --queue-name=*")
+        loop = worker.ResilientWorker(
+            queue_names=queue_names,
+            interval=interval,
+            batch=batch,
+            backend_name=backend_name,
+            startup_delay=startup_delay,
+            max_tasks=max_tasks,
+            worker_id=worker_id,
+            excluded_queue_names=excluded,
+        )
+        monitor = worker.WorkerMonitor(worker_id)
         monitor.start()
         try:
-            super().handle(*args, **options)
+            loop.configure_signals()
+            loop.run()
         finally:
             monitor.stopped.set()
+            monitor.join(timeout=10)
