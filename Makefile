@@ -17,9 +17,15 @@ help:
 	@echo "make test     run the test suite (DATABASE_URL=postgres://... for PostgreSQL)"
 	@echo "make lint     ruff; make check-migrations; make check-deploy; make ci (what .ci/run does)"
 
+PICK_PYTHON := pick one with PYTHON=, e.g. make run PYTHON=python3.11 (or PYTHON=/path/to/python3)
+
 $(BIN)/python:
-	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
-		{ echo "Python 3.11 or newer is needed ($(PYTHON) is $$($(PYTHON) --version))"; exit 1; }
+	@found="$$(command -v $(PYTHON))" || \
+		{ echo "$(PYTHON) was not found; gitdeploy needs Python 3.11 or newer: $(PICK_PYTHON)" >&2; \
+		  exit 1; }; \
+	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "gitdeploy needs Python 3.11 or newer, and $(PYTHON) ($$found) is" \
+			"$$($(PYTHON) --version 2>&1): $(PICK_PYTHON)" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
