@@ -6,11 +6,9 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8880
 WEB_CONCURRENCY ?= 2
-# `make run` keeps a generated key in data/secret_key unless SECRET_KEY(_FILE) is given.
-# (Only for the targets that serve; tests and checks bring their own.)
-ifeq ($(SECRET_KEY)$(SECRET_KEY_FILE),)
-migrate run web worker: export SECRET_KEY_FILE := $(CURDIR)/data/secret_key
-endif
+# `make run` generates a key in $(DATA_DIR)/secret_key, which the settings read (for every manage.py
+# command, not only these targets) unless SECRET_KEY or SECRET_KEY_FILE is given.
+DATA_DIR := $(or $(DATA_DIR),data)
 
 .PHONY: help install install-test run web worker migrate test lint check-migrations check-deploy ci bench clean
 
@@ -19,9 +17,15 @@ help:
 	@echo "make test     run the test suite (DATABASE_URL=postgres://... for PostgreSQL)"
 	@echo "make lint     ruff and mypy; make check-migrations; make check-deploy; make ci (what .ci/run does)"
 
+PICK_PYTHON := pick one with PYTHON=, e.g. make run PYTHON=python3.11 (or PYTHON=/path/to/python3)
+
 $(BIN)/python:
-	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
-		{ echo "Python 3.11 or newer is needed ($(PYTHON) is $$($(PYTHON) --version))"; exit 1; }
+	@found="$$(command -v $(PYTHON))" || \
+		{ echo "$(PYTHON) was not found; gitdeploy needs Python 3.11 or newer: $(PICK_PYTHON)" >&2; \
+		  exit 1; }; \
+	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "gitdeploy needs Python 3.11 or newer, and $(PYTHON) ($$found) is" \
+			"$$($(PYTHON) --version 2>&1): $(PICK_PYTHON)" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
@@ -37,12 +41,12 @@ $(VENV)/.installed-test: requirements/base.txt requirements/test.txt | $(BIN)/py
 install: $(VENV)/.installed-base
 install-test: $(VENV)/.installed-test
 
-data/secret_key:
-	@mkdir -p data
+$(DATA_DIR)/secret_key:
+	@mkdir -p $(DATA_DIR)
 	@umask 077 && $(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(50))' > $@
-	@echo "Created data/secret_key (keep it; sessions are signed with it)"
+	@echo "Created $@ (keep it; sessions are signed with it)"
 
-migrate: install data/secret_key
+migrate: install $(DATA_DIR)/secret_key
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py ensure_superuser
 

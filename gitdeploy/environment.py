@@ -52,7 +52,8 @@ def sync_environment_repository(sender=None, using="default", verbosity=1, **kwa
     for field, value in values.items():
         setattr(repository, field, value)
     repository.managed_by_env = True
-    repository.enabled = True
+    # Only ENV_FIELDS follow the environment: `enabled` is the admin's (a new row starts enabled by
+    # the field's default), so unticking it survives the next start.
     repository.save(using=using)
     if verbosity:
         logger.info("Repository %r %s from the environment", ENV_SLUG, action)

@@ -12,12 +12,14 @@ import re
 from urllib.parse import urlsplit, urlunsplit
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, models, transaction
 from django.db.models import OuterRef, Q, Subquery, Value
 from django.db.models.functions import Concat
 from django.urls import reverse
 from django.utils import timezone
 
+from gitdeploy import validators
 from gitdeploy.environment import ENV_SLUG
 
 logger = logging.getLogger(__name__)
@@ -144,6 +146,22 @@ class Repository(models.Model):
     @property
     def effective_allow_unsigned(self) -> bool:
         return self.allow_unsigned or settings.ALLOW_UNSIGNED_WEBHOOKS
+
+    def clean(self) -> None:
+        # The environment owns these two fields of its repository (read-only in the admin, where
+        # an error on them could not be shown).
+        if self.managed_by_env:
+            return
+        errors = {}
+        if problem := validators.clone_url_problem(self.clone_url):
+            errors["clone_url"] = problem
+        others = Repository.objects.exclude(pk=self.pk).values_list("name", "target_dir")
+        if problem := validators.target_dir_problem(
+            self.target_dir, data_dir=settings.DATA_DIR, lock_dir=settings.LOCK_DIR, others=others
+        ):
+            errors["target_dir"] = problem
+        if errors:
+            raise ValidationError(errors)
 
     def webhook_path(self) -> str:
         if self.slug == ENV_SLUG and self.managed_by_env:

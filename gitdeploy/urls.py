@@ -9,4 +9,6 @@ urlpatterns = [
     path("api/health", pages.health, name="health"),
     path("api/ready", pages.ready, name="ready"),
     path("hooks/<slug:slug>/", views.webhook, name="webhook"),
+    # Git hosts do not follow a redirect on POST, so APPEND_SLASH's 301 would lose the delivery.
+    path("hooks/<slug:slug>", views.webhook, name="webhook_no_slash"),
 ]

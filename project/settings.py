@@ -30,17 +30,23 @@ KEYLESS_COMMANDS = {
 }
 _command = sys.argv[1] if len(sys.argv) > 1 and Path(sys.argv[0]).name == "manage.py" else ""
 
+DATA_DIR = Path(os.environ.get("DATA_DIR") or BASE_DIR / "data")
+
+# `make run` generates DATA_DIR/secret_key; every other manage.py command typed in the same set-up
+# (sync, createsuperuser, ...) must sign with that same key, without exporting anything first.
+# SECRET_KEY or SECRET_KEY_FILE, when given, win.
+_GENERATED_KEY_FILE = DATA_DIR / "secret_key"
 SECRET_KEY = env_str("SECRET_KEY")
+if not SECRET_KEY and not os.environ.get("SECRET_KEY_FILE") and _GENERATED_KEY_FILE.is_file():
+    SECRET_KEY = _GENERATED_KEY_FILE.read_text().strip()
 if not SECRET_KEY:
     if not DEBUG and _command not in KEYLESS_COMMANDS:
         raise ImproperlyConfigured(
-            "SECRET_KEY (or SECRET_KEY_FILE) must be set when DEBUG is false. "
-            "`make run` creates one in data/secret_key for you."
+            "SECRET_KEY (or SECRET_KEY_FILE) must be set when DEBUG is false, or "
+            f"{_GENERATED_KEY_FILE} must exist. `make run` creates that file for you."
         )
     # Only reachable with DEBUG=true or for a command in KEYLESS_COMMANDS.
     SECRET_KEY = "django-insecure-no-secret-key-set"  # noqa: S105
-
-DATA_DIR = Path(os.environ.get("DATA_DIR") or BASE_DIR / "data")
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "*")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")

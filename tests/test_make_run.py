@@ -88,3 +88,51 @@ def test_ctrl_c_lets_the_running_sync_finish(remote, tmp_path):
     with sqlite3.connect(tmp_path / "data" / "run.sqlite3") as db:
         statuses = [row[0] for row in db.execute("SELECT status FROM gitdeploy_syncrun")]
     assert statuses == ["succeeded"], log
+
+
+FAKE_OLD_PYTHON = """#!/bin/sh
+# Answers like a Python 3.9 would, to whatever the Makefile asks.
+case "$1" in
+  --version|-V) echo "Python 3.9.18" ;;
+  -c) case "$2" in *version_info*) exit 1 ;; *) exit 0 ;; esac ;;
+  *) echo "fake python3: unexpected $*" >&2; exit 2 ;;
+esac
+"""
+
+
+def make_install(tmp_path, *args, path=None):
+    env = {**os.environ, "PATH": path or os.environ["PATH"]}
+    return subprocess.run(
+        ["make", "--no-print-directory", "install", f"VENV={tmp_path / 'venv'}", *args],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_too_old_python_says_which_one_was_found_and_how_to_pick_another(tmp_path):
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "python3").write_text(FAKE_OLD_PYTHON)
+    (fake_bin / "python3").chmod(0o755)
+
+    result = make_install(tmp_path, path=f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
+
+    assert result.returncode != 0
+    message = result.stdout + result.stderr
+    assert "needs Python 3.11 or newer" in message
+    assert "Python 3.9.18" in message and str(fake_bin / "python3") in message, message
+    assert "make run PYTHON=python3.11" in message, message
+    assert not (tmp_path / "venv").exists()
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_missing_python_says_how_to_pick_another(tmp_path):
+    result = make_install(tmp_path, "PYTHON=python3.99-not-installed")
+    assert result.returncode != 0
+    message = result.stdout + result.stderr
+    assert "python3.99-not-installed was not found" in message, message
+    assert "make run PYTHON=python3.11" in message, message

@@ -62,10 +62,11 @@ def test_a_misspelt_boolean_stops_start_up():
     assert "ALLOW_UNSIGNED_WEBHOOKS='ture' is not a boolean" in result.stderr
 
 
-def test_secret_key_is_required_unless_debug():
-    refused = start_django()
+def test_secret_key_is_required_unless_debug(tmp_path):
+    # An empty DATA_DIR: no key anywhere, not even the one `make run` would have generated.
+    refused = start_django(DATA_DIR=str(tmp_path))
     assert refused.returncode != 0 and "SECRET_KEY" in refused.stderr
-    allowed = start_django(DEBUG="true")
+    allowed = start_django(DATA_DIR=str(tmp_path), DEBUG="true")
     assert allowed.returncode == 0, allowed.stderr
 
 
@@ -74,6 +75,48 @@ def test_secret_key_can_come_from_a_file(tmp_path):
     key_file.write_text("k" * 50 + "\n")
     result = start_django(SECRET_KEY_FILE=str(key_file))
     assert result.returncode == 0, result.stderr
+
+
+def manage_py(*args, env) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_manage_py_commands_use_the_key_make_run_generated(remote, tmp_path):
+    # The layout `make run` leaves: DATA_DIR with its generated key and the SQLite database, and
+    # no SECRET_KEY in the shell the operator then types `manage.py sync default` into.
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "secret_key").write_text("generated-by-make-run-" + "k" * 40 + "\n")
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in {"DJANGO_SETTINGS_MODULE", "SECRET_KEY", "SECRET_KEY_FILE", "DEBUG"}
+        and not key.startswith("DATABASE_")
+    }
+    env.update(
+        DATA_DIR=str(data),
+        GIT_URL=remote.url,
+        REPO_DIR=str(tmp_path / "checkout"),
+        WEBHOOK_SECRET="s3cret",
+    )
+    migrated = manage_py("migrate", "--noinput", env=env)
+    assert migrated.returncode == 0, migrated.stderr
+
+    synced = manage_py("sync", "default", env=env)
+    assert synced.returncode == 0, synced.stderr
+    assert "deployed" in synced.stdout
+    assert (tmp_path / "checkout" / "README.md").exists()
+
+    (data / "secret_key").unlink()
+    refused = manage_py("sync", "default", env=env)
+    assert refused.returncode != 0 and "SECRET_KEY" in refused.stderr
 
 
 def test_readme_lists_every_variable_the_settings_read():

@@ -524,6 +524,21 @@ def test_env_repository_is_created_and_served_at_api_endpoint(client, settings, 
         assert response.status_code == 202, (path, response.content)
 
 
+@pytest.mark.parametrize("slug", ["default", "docs-site"])
+def test_hook_path_without_trailing_slash_is_served_not_redirected(client, make_repository, slug):
+    # Git hosts do not follow a redirect on POST: /hooks/<slug> must answer like /hooks/<slug>/.
+    repository = make_repository(slug=slug, webhook_secret="topsecret", branch="master")
+    for n, path in enumerate([f"/hooks/{slug}", f"/hooks/{slug}/"]):
+        delivery_id = {"X-GitHub-Delivery": f"delivery-{n}"}
+        response = send(
+            client, repository, "github", "push-branch-signed", path=path, **delivery_id
+        )
+        assert response.status_code == 202, (path, response.status_code, response.content)
+        assert response.json()["status"] == "queued"
+    assert Delivery.objects.filter(repository=repository, status_code=202).count() == 2
+    assert SyncRun.objects.filter(repository=repository).count() == 1
+
+
 def test_api_endpoint_serves_only_the_env_repository(client, make_repository):
     make_repository(slug="default")  # created in the admin, not by the environment
     response = client.post("/api/webhook", data="{}", content_type="application/json")
