@@ -159,3 +159,18 @@ def test_the_add_form_saves_a_valid_repository(root_client, dirs):
     response = root_client.post(reverse("admin:gitdeploy_repository_add"), add_form(dirs))
     assert response.status_code == 302, response.context["adminform"].form.errors
     assert Repository.objects.get().target_dir == str(dirs / "srv" / "docs")
+
+
+def test_the_environment_repository_is_checked_at_start(settings, tmp_path):
+    from django.core.management import call_command
+    from django.core.management.base import SystemCheckError
+
+    settings.GIT_URL = "https://github.com/octo/site.git"
+    settings.REPO_DIR = "relative/checkout"
+    with pytest.raises(SystemCheckError, match="REPO_DIR: .*absolute"):
+        call_command("check")
+    settings.REPO_DIR, settings.GIT_URL = str(tmp_path / "site"), "ext::sh%20-c%20id"
+    with pytest.raises(SystemCheckError, match="GIT_URL: .*transport"):
+        call_command("check")
+    settings.GIT_URL = "https://github.com/octo/site.git"
+    call_command("check")
