@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,9 +29,15 @@ from django.db import transaction
 from gitdeploy import providers
 from gitdeploy.models import Delivery, Repository, SyncRun
 
-# A rejected request keeps only its first 4 KiB, so a flood of forged requests cannot fill the
-# database; the size and the hash still identify it.
+# A rejected request keeps only its first 4 KiB of body and of headers, so a flood of forged
+# requests cannot fill the database; the size and the hash still identify it.
 REJECTED_BODY_LIMIT = 4096
+REJECTED_HEADERS_LIMIT = 4096
+# The longest value an answer or a reason repeats from the request (a 1 MB ref must not come back
+# as a 1 MB answer).
+ECHO_LIMIT = 200
+# PositiveBigIntegerField's ceiling: a Content-Length past it is still only "too large".
+MAX_STORED_SIZE = 2**63 - 1
 
 UNKNOWN_HOST = (
     "cannot tell which Git host sent this: no X-GitHub-Event, X-Gitlab-Event, "
@@ -48,6 +55,8 @@ class IncomingWebhook:
     remote_addr: str | None = None
     # Set when the body was refused for its size (413) and never read in full.
     declared_size: int | None = None
+    # Set when the body could not be read (a malformed chunked encoding): why, for a 400.
+    unreadable: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +71,10 @@ class Inspection:
     event: providers.Event | None = None
     payload_error: str = ""
     declared_size: int | None = None
+    # Fields of the event that held what the database cannot store (NUL, lone surrogates, values
+    # longer than their column): they were made safe, and a ref among them is refused.
+    unsafe_fields: tuple[str, ...] = ()
+    unreadable: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +106,9 @@ class Receipt:
 def inspect(repository: Repository, incoming: IncomingWebhook) -> Inspection:
     """Verify, then (only if the delivery may be trusted) parse. Reads nothing from the body
     before the signature has been checked."""
-    envelope = providers.read_envelope(incoming.headers)
+    envelope = storable_envelope(providers.read_envelope(incoming.headers))
+    if incoming.unreadable:
+        return Inspection(envelope, Delivery.Signature.NOT_CHECKED, unreadable=incoming.unreadable)
     signature, signature_reason = _verify(repository, envelope, incoming)
     trusted = signature in (Delivery.Signature.VALID, Delivery.Signature.UNSIGNED_ALLOWED)
     if incoming.declared_size is not None or not trusted or not envelope.provider:
@@ -104,7 +119,8 @@ def inspect(repository: Repository, incoming: IncomingWebhook) -> Inspection:
         )
     except providers.BadPayload as exc:
         return Inspection(envelope, signature, signature_reason, None, exc.message)
-    return Inspection(envelope, signature, signature_reason, event)
+    event, unsafe = storable_event(event)
+    return Inspection(envelope, signature, signature_reason, event, unsafe_fields=unsafe)
 
 
 def _verify(
@@ -131,6 +147,8 @@ def _verify(
 def decide(repository: Repository, inspection: Inspection) -> Decision:
     """Pure: the same repository settings and inspection always give the same Decision."""
     rejected, ignored = Delivery.Verdict.REJECTED, Delivery.Verdict.IGNORED
+    if inspection.unreadable:
+        return Decision(rejected, inspection.unreadable, 400)
     if inspection.declared_size is not None:
         return Decision(
             rejected,
@@ -146,31 +164,40 @@ def decide(repository: Repository, inspection: Inspection) -> Decision:
     if event is None:
         return Decision(rejected, inspection.payload_error, 400)
 
+    if "ref" in inspection.unsafe_fields or "after" in inspection.unsafe_fields:
+        return Decision(
+            rejected,
+            "the pushed ref or commit holds characters no Git ref or commit id contains "
+            "(stored with them replaced)",
+            400,
+        )
     if event.kind == "ping":
         return Decision(ignored, event.reason or "ping", 200)
     if event.kind != "push":
         return Decision(
-            ignored, event.reason or f"event {inspection.envelope.event!r} is not a push", 200
+            ignored, event.reason or f"event {echo(inspection.envelope.event)!r} is not a push", 200
         )
     if not repository.enabled:
         return Decision(ignored, "repository is disabled", 200)
     if event.tag:
-        return Decision(ignored, f"tag {event.tag!r}: only branch pushes deploy", 200)
+        return Decision(ignored, f"tag {echo(event.tag)!r}: only branch pushes deploy", 200)
     if not event.branch:
-        return Decision(ignored, f"ref {event.ref!r} is not a branch", 200)
+        return Decision(ignored, f"ref {echo(event.ref)!r} is not a branch", 200)
     # The payload may name the default branch for the first time; receive() stores it.
     tracked = repository.branch or event.default_branch or repository.default_branch
     if tracked and event.branch != tracked:
         return Decision(
-            ignored, f"push to branch {event.branch!r}; this repository deploys {tracked!r}", 200
+            ignored,
+            f"push to branch {echo(event.branch)!r}; this repository deploys {tracked!r}",
+            200,
         )
     if event.deleted:
         return Decision(
             ignored,
-            f"branch {event.branch!r} was deleted; the directory keeps its last commit",
+            f"branch {echo(event.branch)!r} was deleted; the directory keeps its last commit",
             200,
         )
-    reason = f"push to {event.branch!r} at {event.after[:12]}"
+    reason = f"push to {echo(event.branch)!r} at {event.after[:12]}"
     if not tracked:
         reason += " (the remote's default branch is not known yet: the worker resolves it)"
     return Decision(Delivery.Verdict.QUEUED, reason, 202, commit=event.after)
@@ -187,7 +214,8 @@ def receive(repository: Repository, incoming: IncomingWebhook) -> Receipt:
     joined = redelivery = False
     with transaction.atomic():
         if event is not None and event.kind == "push" and event.default_branch:
-            repository.learn_default_branch(event.default_branch)
+            if "default_branch" not in inspection.unsafe_fields:  # cut to fit: not a branch
+                repository.learn_default_branch(event.default_branch)
         if decision.wants_sync:
             run = _active_run_of_earlier_delivery(repository, envelope.delivery_id)
             if run is not None:
@@ -214,21 +242,21 @@ def receive(repository: Repository, incoming: IncomingWebhook) -> Receipt:
             repository=repository,
             remote_addr=incoming.remote_addr or None,
             provider=envelope.provider,
-            event=envelope.event[:100],
-            delivery_id=envelope.delivery_id[:200],
-            content_type=incoming.content_type[:200],
-            headers=providers.sanitize_headers(incoming.headers),
+            event=envelope.event,
+            delivery_id=envelope.delivery_id,
+            content_type=storable(incoming.content_type, 200),
+            headers=_stored_headers(incoming, keep_all=verdict != Delivery.Verdict.REJECTED),
             **_stored_body(incoming, keep_all=verdict != Delivery.Verdict.REJECTED),
-            ref=(event.ref if event else "")[:500],
-            before=(event.before if event else "")[:64],
-            after=(event.after if event else "")[:64],
+            ref=event.ref if event else "",
+            before=event.before if event else "",
+            after=event.after if event else "",
             signature=inspection.signature,
             verdict=verdict,
-            reason=reason,
+            reason=storable(reason, 2000),
             status_code=status_code,
             sync_run=run,
         )
-    body: dict[str, Any] = {"delivery": delivery.pk, "reason": reason}
+    body: dict[str, Any] = {"delivery": delivery.pk, "reason": delivery.reason}
     if run is not None:
         body.update(
             status="duplicate" if redelivery else "queued", sync_run=run.pk, joined=joined
@@ -236,6 +264,24 @@ def receive(repository: Repository, incoming: IncomingWebhook) -> Receipt:
     else:
         body["status"] = "ignored" if verdict == Delivery.Verdict.IGNORED else "rejected"
     return Receipt(delivery, run, joined, status_code, body)
+
+
+def _stored_headers(incoming: IncomingWebhook, *, keep_all: bool) -> dict[str, str]:
+    """The headers as received, secrets removed, values made storable; a rejected delivery keeps
+    at most REJECTED_HEADERS_LIMIT characters of them (and says how many it dropped)."""
+    headers = providers.sanitize_headers(incoming.headers)
+    kept: dict[str, str] = {}
+    budget = REJECTED_HEADERS_LIMIT
+    for name, value in headers.items():
+        name, value = storable(name, 200), storable(value)
+        if not keep_all:
+            if budget <= 0:
+                kept["X-Gitdeploy-Headers-Dropped"] = str(len(headers) - len(kept))
+                break
+            value = value[: max(budget - len(name), 0)]
+            budget -= len(name) + len(value)
+        kept[name] = value
+    return kept
 
 
 def _active_run_of_earlier_delivery(repository: Repository, delivery_id: str) -> SyncRun | None:
@@ -265,6 +311,7 @@ def _pusher_label(envelope: providers.Envelope, event: providers.Event | None) -
 def _stored_body(incoming: IncomingWebhook, *, keep_all: bool) -> dict[str, Any]:
     body = incoming.body
     size = incoming.declared_size if incoming.declared_size is not None else len(body)
+    size = min(size, MAX_STORED_SIZE)
     kept = body if keep_all else body[:REJECTED_BODY_LIMIT]
     # Postgres text cannot hold NUL; the hash is of the bytes as received.
     text = kept.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
@@ -274,3 +321,57 @@ def _stored_body(incoming: IncomingWebhook, *, keep_all: bool) -> dict[str, Any]
         "body_sha256": hashlib.sha256(body).hexdigest() if incoming.declared_size is None else "",
         "body_truncated": len(kept) < size,
     }
+
+
+# --- values the database can store ---------------------------------------------------------------
+
+
+def storable(value: str, limit: int | None = None) -> str:
+    """Text PostgreSQL can store: NUL and lone surrogates replaced by U+FFFD, cut to `limit`."""
+    text = _UNSTORABLE.sub("\ufffd", value)
+    return text[:limit] if limit is not None else text
+
+
+# NUL (PostgreSQL text cannot hold it) and lone surrogates (UTF-8 cannot encode them; JSON's
+# "\ud800" escape produces one).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def echo(value: str) -> str:
+    """A request's value as a reason repeats it: at most ECHO_LIMIT characters."""
+    return value if len(value) <= ECHO_LIMIT else value[:ECHO_LIMIT] + "…"
+
+
+def storable_envelope(envelope: providers.Envelope) -> providers.Envelope:
+    return providers.Envelope(
+        provider=envelope.provider,
+        event=storable(envelope.event, 100),
+        delivery_id=storable(envelope.delivery_id, 200),
+    )
+
+
+# Column lengths of the Delivery and Repository fields the event's values go into.
+_EVENT_LIMITS = {
+    "ref": 500,
+    "before": 64,
+    "after": 64,
+    "branch": 255,
+    "tag": 255,
+    "default_branch": 255,
+    "pusher": 150,
+    "repository": 500,
+    "reason": 1000,
+}
+
+
+def storable_event(event: providers.Event) -> tuple[providers.Event, tuple[str, ...]]:
+    """The event with every text field storable, and the names of the fields that had to change."""
+    changes: dict[str, Any] = {}
+    for name, limit in _EVENT_LIMITS.items():
+        value = getattr(event, name)
+        safe = storable(value, limit)
+        if safe != value:
+            changes[name] = safe
+    if not changes:
+        return event, ()
+    return dataclasses.replace(event, **changes), tuple(changes)

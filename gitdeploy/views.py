@@ -19,6 +19,15 @@ logger = logging.getLogger(__name__)
 READ_CHUNK = 64 * 1024
 
 
+try:  # what gunicorn raises from a malformed chunked body, read through wsgi.input
+    from gunicorn.http.errors import ParseException as ServerParseError
+except ImportError:  # another WSGI server
+    ServerParseError = ValueError
+
+# A body that cannot be read is the client's fault (400), never a 500.
+UNREADABLE_BODY = (OSError, ValueError, ServerParseError)
+
+
 class BodyTooLarge(Exception):
     def __init__(self, size: int):
         self.size = size
@@ -76,11 +85,13 @@ def webhook(request, slug: str, env_only: bool = False):
     if repository is None:
         return _json(404, {"status": "error", "reason": f"no repository {slug!r}"})
 
-    declared_size = None
+    declared_size, unreadable = None, ""
     try:
         body = read_capped_body(request, settings.MAX_WEBHOOK_BYTES)
     except BodyTooLarge as exc:
         body, declared_size = b"", exc.size
+    except UNREADABLE_BODY as exc:
+        body, unreadable = b"", f"the request body could not be read ({exc.__class__.__name__})"
 
     incoming = IncomingWebhook(
         headers=request.headers,
@@ -88,6 +99,7 @@ def webhook(request, slug: str, env_only: bool = False):
         content_type=request.META.get("CONTENT_TYPE", ""),
         remote_addr=request.META.get("REMOTE_ADDR") or None,
         declared_size=declared_size,
+        unreadable=unreadable,
     )
     try:
         receipt = receive(repository, incoming)
