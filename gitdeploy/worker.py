@@ -353,16 +353,42 @@ def prune_housekeeping(now: datetime.datetime | None = None) -> dict[str, int]:
 
 
 def requeue_stranded(now: datetime.datetime | None = None) -> list[SyncRun]:
-    """Queued runs that no task will ever start: their task was taken by a worker that died (kill
-    -9, or the database went away between the task's claim and the run's), so the task row is
-    RUNNING under a worker with no heartbeat, or gone. Each gets a new task; a duplicate task is
-    harmless (execute_run returns at once for a run that is no longer queued)."""
+    """Tasks and runs a dead worker left behind (kill -9, or the database gone between the task's
+    claim and the run's):
+
+    - task rows RUNNING under a worker with no recent heartbeat are marked failed (django-tasks-db
+      would keep them RUNNING forever), so the task table tells the truth and is pruned in time;
+    - queued runs that no live task will start get a new task. A duplicate task is harmless:
+      execute_run returns at once for a run that is no longer queued.
+    """
     from django_tasks_db.models import DBTaskResult
 
     from gitdeploy.models import WorkerHeartbeat
     from gitdeploy.tasks import run_sync
 
     now = now or timezone.now()
+    max_age = datetime.timedelta(seconds=settings.WORKER_HEARTBEAT_MAX_AGE)
+    alive = set(
+        WorkerHeartbeat.objects.filter(seen_at__gte=now - max_age).values_list(
+            "worker_id", flat=True
+        )
+    )
+    running = DBTaskResult.objects.filter(
+        task_path=run_sync.module_path,
+        status=TaskResultStatus.RUNNING,
+        started_at__lt=now - max_age,  # a worker that just started may not have beaten yet
+    )
+    for task_id, worker_ids in running.values_list("id", "worker_ids"):
+        if worker_ids and worker_ids[-1] in alive:
+            continue
+        DBTaskResult.objects.filter(id=task_id, status=TaskResultStatus.RUNNING).update(
+            status=TaskResultStatus.FAILED,
+            finished_at=now,
+            exception_class_path="gitdeploy.worker.WorkerLost",
+            traceback=f"worker {worker_ids[-1] if worker_ids else '?'} stopped without finishing",
+        )
+        logger.warning("task %s: its worker is gone; marked failed", task_id)
+
     settle = now - datetime.timedelta(seconds=STRANDED_AFTER)
     queued = list(
         SyncRun.objects.filter(status=SyncRun.Status.QUEUED, queued_at__lt=settle).filter(
@@ -371,11 +397,6 @@ def requeue_stranded(now: datetime.datetime | None = None) -> list[SyncRun]:
     )
     if not queued:
         return []
-    alive = set(
-        WorkerHeartbeat.objects.filter(
-            seen_at__gte=now - datetime.timedelta(seconds=settings.WORKER_HEARTBEAT_MAX_AGE)
-        ).values_list("worker_id", flat=True)
-    )
     covered = set()
     tasks = DBTaskResult.objects.filter(
         task_path=run_sync.module_path,

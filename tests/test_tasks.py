@@ -306,3 +306,35 @@ def test_the_task_runs_as_the_worker_that_claimed_it(make_repository, remote):
     assert run.status == SyncRun.Status.SUCCEEDED, run.log
     assert run.worker_id == "claiming-worker-7"
     assert "on worker claiming-worker-7" in run.log
+
+
+def test_tasks_and_runs_left_by_a_dead_worker_are_swept(make_repository):
+    from django_tasks import TaskResultStatus
+
+    from gitdeploy.models import WorkerHeartbeat
+    from gitdeploy.worker import requeue_stranded
+
+    repository = make_repository()
+    run, _ = SyncRun.request(repository, trigger=SyncRun.Trigger.WEBHOOK)
+    long_ago = timezone.now() - datetime.timedelta(minutes=10)
+    SyncRun.objects.filter(pk=run.pk).update(queued_at=long_ago)
+    # The worker that took the run's task was killed before it claimed the run.
+    task = DBTaskResult.objects.get()
+    DBTaskResult.objects.filter(pk=task.pk).update(
+        status=TaskResultStatus.RUNNING, worker_ids=["ghost"], started_at=long_ago
+    )
+    # A live worker's long task (waiting behind the repository lock) is left alone.
+    WorkerHeartbeat.beat("alive", "host", 1)
+    other, _ = SyncRun.request(make_repository(), trigger=SyncRun.Trigger.WEBHOOK)
+    SyncRun.objects.filter(pk=other.pk).update(queued_at=long_ago)
+    DBTaskResult.objects.exclude(pk=task.pk).update(
+        status=TaskResultStatus.RUNNING, worker_ids=["alive"], started_at=long_ago
+    )
+
+    assert requeue_stranded() == [run]
+    task.refresh_from_db()
+    assert task.status == TaskResultStatus.FAILED and "ghost" in task.traceback
+    ready = DBTaskResult.objects.filter(status=TaskResultStatus.READY)
+    assert [t.args_kwargs["args"] for t in ready] == [[run.pk]]
+    assert DBTaskResult.objects.filter(status=TaskResultStatus.RUNNING).count() == 1
+    assert requeue_stranded() == [], "the new task covers it"
