@@ -37,6 +37,7 @@ from gitdeploy.environment import ENV_FIELDS
 from gitdeploy.models import (
     Delivery,
     DeployRefused,
+    RejectionWindow,
     Repository,
     RepositoryQuerySet,
     SyncRun,
@@ -812,6 +813,18 @@ class DeliveryAdmin(TriggerMixin, ReadOnlyAdmin):
                 }
             )
         return super().change_view(request, object_id, form_url, extra_context)
+
+
+# --- Floods of rejected deliveries ---------------------------------------------------------------
+
+
+@admin.register(RejectionWindow)
+class RejectionWindowAdmin(ReadOnlyAdmin):
+    list_display = ["minute", "repository", "remote_addr", "count", "last_reason"]
+    list_filter = ["repository", "minute"]
+    list_select_related = ["repository"]
+    search_fields = ["=remote_addr"]
+    date_hierarchy = "minute"
 
 
 # --- Workers --------------------------------------------------------------------------------------

@@ -25,9 +25,11 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
 
 from gitdeploy import providers
-from gitdeploy.models import Delivery, Repository, SyncRun
+from gitdeploy.models import Delivery, RejectionWindow, Repository, SyncRun
 
 # A rejected request keeps only its first 4 KiB of body and of headers, so a flood of forged
 # requests cannot fill the database; the size and the hash still identify it.
@@ -94,13 +96,15 @@ class Decision:
 
 @dataclasses.dataclass(frozen=True)
 class Receipt:
-    """The recorded outcome and the answer sent to the Git host."""
+    """The recorded outcome and the answer sent to the Git host. ``delivery`` is None only for a
+    rejected request past the flood limit (counted in a RejectionWindow, answered 429)."""
 
-    delivery: Delivery
+    delivery: Delivery | None
     run: SyncRun | None
     joined: bool
     status_code: int
     body: dict[str, Any]
+    retry_after: int | None = None
 
 
 def inspect(repository: Repository, incoming: IncomingWebhook) -> Inspection:
@@ -212,6 +216,10 @@ def receive(repository: Repository, incoming: IncomingWebhook) -> Receipt:
     verdict, reason, status_code = decision.verdict, decision.reason, decision.status_code
     run: SyncRun | None = None
     joined = redelivery = False
+    if verdict == Delivery.Verdict.REJECTED:
+        flooded = _count_if_flooding(repository, incoming.remote_addr, reason)
+        if flooded is not None:
+            return flooded
     with transaction.atomic():
         if event is not None and event.kind == "push" and event.default_branch:
             if "default_branch" not in inspection.unsafe_fields:  # cut to fit: not a branch
@@ -264,6 +272,44 @@ def receive(repository: Repository, incoming: IncomingWebhook) -> Receipt:
     else:
         body["status"] = "ignored" if verdict == Delivery.Verdict.IGNORED else "rejected"
     return Receipt(delivery, run, joined, status_code, body)
+
+
+def _count_if_flooding(
+    repository: Repository, remote_addr: str | None, reason: str
+) -> Receipt | None:
+    """Past REJECTED_DELIVERIES_PER_MINUTE rejected deliveries from one source in this minute, the
+    request is only counted (one RejectionWindow row per source and minute) and answered 429."""
+    now = timezone.now()
+    minute = now.replace(second=0, microsecond=0)
+    recent = Delivery.objects.filter(
+        repository=repository,
+        remote_addr=remote_addr or None,
+        verdict=Delivery.Verdict.REJECTED,
+        received_at__gte=minute,
+    )
+    limit = settings.REJECTED_DELIVERIES_PER_MINUTE
+    if recent[:limit].count() < limit:
+        return None
+    with transaction.atomic():
+        window, _ = RejectionWindow.objects.get_or_create(
+            repository=repository, remote_addr=remote_addr or None, minute=minute
+        )
+        RejectionWindow.objects.filter(pk=window.pk).update(
+            count=F("count") + 1, last_reason=storable(reason, 2000)
+        )
+    retry_after = 60 - now.second
+    return Receipt(
+        None,
+        None,
+        False,
+        429,
+        {
+            "status": "rejected",
+            "reason": f"more than {limit} rejected deliveries from this address this minute; "
+            f"counted, not recorded one by one (last: {echo(reason)})",
+        },
+        retry_after=retry_after,
+    )
 
 
 def _stored_headers(incoming: IncomingWebhook, *, keep_all: bool) -> dict[str, str]:

@@ -230,7 +230,11 @@ class Delivery(models.Model):
     class Meta:
         ordering = ["-received_at", "-pk"]
         verbose_name_plural = "deliveries"
-        indexes = [models.Index(fields=["repository", "delivery_id"])]
+        indexes = [
+            models.Index(fields=["repository", "delivery_id"]),
+            # Counting a source's rejected deliveries in the current minute (intake's flood limit).
+            models.Index(fields=["repository", "remote_addr", "received_at"]),
+        ]
 
     def __str__(self) -> str:
         return f"{self.provider or 'unknown'} {self.event or '?'} {self.delivery_id or self.pk}"
@@ -536,6 +540,31 @@ class SyncRun(models.Model):
 
 def lease_duration() -> datetime.timedelta:
     return datetime.timedelta(seconds=settings.SYNC_LEASE_SECONDS)
+
+
+class RejectionWindow(models.Model):
+    """Rejected deliveries from one source in one minute past REJECTED_DELIVERIES_PER_MINUTE:
+    counted here in one row instead of one Delivery each (answered 429), so a flood of forged
+    requests costs a row per source and minute, not a row per request."""
+
+    repository = models.ForeignKey(
+        Repository, on_delete=models.CASCADE, related_name="rejection_windows"
+    )
+    remote_addr = models.GenericIPAddressField(null=True, blank=True)
+    minute = models.DateTimeField(db_index=True)
+    count = models.PositiveIntegerField(default=0)
+    last_reason = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-minute"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["repository", "remote_addr", "minute"], name="one_window_per_source_minute"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.count} rejected from {self.remote_addr or '?'} at {self.minute:%H:%M}"
 
 
 class WorkerHeartbeat(models.Model):

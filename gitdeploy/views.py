@@ -106,7 +106,10 @@ def webhook(request, slug: str, env_only: bool = False):
     except DatabaseError:
         logger.exception("Database unreachable while recording a delivery for %r", slug)
         return _database_unavailable()
-    return _json(receipt.status_code, receipt.body)
+    response = _json(receipt.status_code, receipt.body)
+    if receipt.retry_after is not None:
+        response["Retry-After"] = str(receipt.retry_after)
+    return response
 
 
 def _database_unavailable() -> JsonResponse:

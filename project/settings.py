@@ -244,6 +244,9 @@ GIT_TOKEN = env_str("GIT_TOKEN")
 GIT_SSH_KEY_FILE = os.environ.get("GIT_SSH_KEY_FILE", "")
 GIT_SSH_KNOWN_HOSTS_FILE = os.environ.get("GIT_SSH_KNOWN_HOSTS_FILE", "")
 MAX_WEBHOOK_BYTES = env_int("MAX_WEBHOOK_BYTES", 26214400, minimum=1)
+# Rejected deliveries recorded one by one per source address and minute; past this, counted in
+# one RejectionWindow row per source and minute and answered 429.
+REJECTED_DELIVERIES_PER_MINUTE = env_int("REJECTED_DELIVERIES_PER_MINUTE", 30, minimum=1)
 # Django refuses bodies over DATA_UPLOAD_MAX_MEMORY_SIZE when form fields are read (GitHub's
 # form-encoded deliveries); our own cap is the one that decides.
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_WEBHOOK_BYTES + 1024

@@ -152,3 +152,42 @@ def test_a_rejected_delivery_keeps_bounded_headers(client, make_repository):
     stored = Delivery.objects.get().headers
     assert sum(len(k) + len(v) for k, v in stored.items()) <= 4096 + 100
     assert "X-Gitdeploy-Headers-Dropped" in stored
+
+
+def test_a_forged_flood_is_counted_per_source_and_minute_and_a_real_push_still_lands(
+    client, make_repository, settings
+):
+    from django.utils import timezone
+
+    from gitdeploy.models import RejectionWindow
+
+    settings.REJECTED_DELIVERIES_PER_MINUTE = 5
+    repository = make_repository()
+    forged = {"X-GitHub-Event": "push", "X-Hub-Signature-256": "sha256=" + "0" * 64}
+    for _attempt in range(2):  # once more if the minute turned in the middle
+        Delivery.objects.all().delete()
+        RejectionWindow.objects.all().delete()
+        minute = timezone.now().replace(second=0, microsecond=0)
+        answers = [
+            client.post(f"/hooks/{repository.slug}/", data=b"{}", content_type="application/json",
+                        headers=forged, REMOTE_ADDR="203.0.113.9")  # fmt: skip
+            for _ in range(12)
+        ]
+        # Another source is not limited by the first one's flood, and neither is a signed push.
+        other = client.post(f"/hooks/{repository.slug}/", data=b"{}",
+                            content_type="application/json", headers=forged,
+                            REMOTE_ADDR="203.0.113.10")  # fmt: skip
+        body = json.dumps(push_payload()).encode()
+        real = client.post(f"/hooks/{repository.slug}/", data=body,
+                           content_type="application/json", headers=signed_raw(body),
+                           REMOTE_ADDR="203.0.113.9")  # fmt: skip
+        if timezone.now().replace(second=0, microsecond=0) == minute:
+            break
+    assert [a.status_code for a in answers] == [401] * 5 + [429] * 7
+    assert all(0 < int(a["Retry-After"]) <= 60 for a in answers[5:])
+    assert other.status_code == 401
+    assert real.status_code == 202, real.content
+    assert Delivery.objects.filter(verdict="rejected").count() == 6
+    window = RejectionWindow.objects.get()
+    assert (window.remote_addr, window.count) == ("203.0.113.9", 7)
+    assert "does not match" in window.last_reason
