@@ -234,7 +234,7 @@ def receive(repository: Repository, incoming: IncomingWebhook) -> Receipt:
                     f"still {run.status}"
                 )
             else:
-                run, joined = SyncRun.request(
+                run, joined = SyncRun.request_tip(
                     repository,
                     trigger=SyncRun.Trigger.WEBHOOK,
                     commit=decision.commit,
@@ -332,20 +332,16 @@ def _stored_headers(incoming: IncomingWebhook, *, keep_all: bool) -> dict[str, s
 
 def _active_run_of_earlier_delivery(repository: Repository, delivery_id: str) -> SyncRun | None:
     """A redelivery (same provider delivery id) joins the run the original fed while that run is
-    still pending; once it has finished, a redelivery is how users retry, so it asks again."""
+    still pending; once it has finished, a redelivery is how users retry, so it asks again. One
+    query on the (repository, delivery_id) index."""
     if not delivery_id:
         return None
-    earlier_run_id = (
-        Delivery.objects.filter(
-            repository=repository, delivery_id=delivery_id, sync_run__isnull=False
-        )
+    return (
+        SyncRun.objects.active()
+        .filter(deliveries__repository=repository, deliveries__delivery_id=delivery_id)
         .order_by("-pk")
-        .values_list("sync_run_id", flat=True)
         .first()
     )
-    if earlier_run_id is None:
-        return None
-    return SyncRun.objects.active().filter(pk=earlier_run_id).first()
 
 
 def _pusher_label(envelope: providers.Envelope, event: providers.Event | None) -> str:

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, models, transaction
+from django.db import IntegrityError, connection, models, transaction
 from django.db.models import OuterRef, Q, Subquery, Value
 from django.db.models.functions import Concat
 from django.urls import reverse
@@ -25,6 +25,9 @@ from gitdeploy.environment import ENV_SLUG
 logger = logging.getLogger(__name__)
 
 SHA_RE = re.compile(r"^[0-9a-f]{7,64}$")
+
+# PostgreSQL LISTEN/NOTIFY channel: SyncRun.enqueue notifies it, idle workers listen on it.
+TASKS_CHANNEL = "gitdeploy_tasks"
 
 
 def redact_url(url: str) -> str:
@@ -424,16 +427,86 @@ class SyncRun(models.Model):
                 queued.superseded_by = run
                 queued.save(update_fields=["superseded_by"])
                 queued.deliveries.update(sync_run=run)
-            transaction.on_commit(run.enqueue)
+            run.enqueue()
         return run, False
 
+    @classmethod
+    def request_tip(
+        cls, repository: Repository, *, trigger: str, commit: str = "", label: str = ""
+    ) -> tuple[SyncRun, bool]:
+        """request() for a push, the hot path: insert a queued run or join the queued one in one
+        statement, with no Repository row lock, so concurrent pushes to one repository do not wait
+        for each other. The partial unique index on the queued run arbitrates (PostgreSQL: INSERT
+        ... ON CONFLICT ... DO UPDATE; SQLite, which has one writer at a time: an UPDATE of the
+        queued run, else an INSERT). A queued pinned run (a roll back) is not joined: request()
+        supersedes it, as before. Call it inside the transaction that records the Delivery."""
+        run = cls(
+            repository=repository,
+            trigger=trigger,
+            triggered_by_label=label,
+            branch=repository.tracked_branch,
+            requested_commit=commit,
+        )
+        table = connection.ops.quote_name(cls._meta.db_table)
+        join = (
+            f"requested_commit = CASE WHEN %s <> '' THEN %s ELSE {table}.requested_commit END"
+        )
+        # savepoint=False: inside receive()'s transaction a savepoint would cost two more queries.
+        with transaction.atomic(savepoint=False):
+            if connection.vendor == "postgresql":
+                fields = [f for f in cls._meta.concrete_fields if not f.primary_key]
+                columns = ", ".join(connection.ops.quote_name(str(f.column)) for f in fields)
+                values = [f.get_db_prep_save(getattr(run, f.attname), connection) for f in fields]
+                placeholders = ", ".join(["%s"] * len(fields))
+                found = list(
+                    cls.objects.raw(
+                        # Table and column names come from _meta; every value is a parameter.
+                        f"INSERT INTO {table} ({columns}) VALUES ({placeholders}) "  # noqa: S608
+                        f"ON CONFLICT (repository_id) WHERE status = 'queued' "
+                        f"DO UPDATE SET {join} WHERE NOT {table}.pin_commit "
+                        "RETURNING *, (xmax = 0) AS inserted",
+                        [*values, commit, commit],
+                    )
+                )
+                if found:
+                    run = found[0]
+                    inserted = bool(vars(run)["inserted"])  # xmax = 0: a new row, not a join
+                    if inserted:
+                        run.enqueue()
+                    return run, not inserted
+            else:
+                joined = list(
+                    cls.objects.raw(
+                        f"UPDATE {table} SET {join} WHERE repository_id = %s "  # noqa: S608
+                        "AND status = 'queued' AND NOT pin_commit RETURNING *",
+                        [commit, commit, repository.pk],
+                    )
+                )
+                if joined:
+                    return joined[0], True
+                try:
+                    with transaction.atomic():
+                        run.save(force_insert=True)
+                except IntegrityError:
+                    pass  # a queued roll back holds the slot: request() supersedes it
+                else:
+                    run.enqueue()
+                    return run, False
+        return cls.request(repository, trigger=trigger, commit=commit, label=label)
+
     def enqueue(self) -> None:
+        """The task row, written in the caller's transaction (a 2xx or a queued run never exists
+        without it). On PostgreSQL a NOTIFY, delivered when that transaction commits, wakes a
+        waiting worker at once; polling is the fallback."""
         from gitdeploy.tasks import run_sync
 
         task = run_sync
         if self.run_after:
             task = run_sync.using(run_after=self.run_after)
         task.enqueue(self.pk)
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(f"NOTIFY {TASKS_CHANNEL}")
 
     # --- the worker's side -----------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ Status codes are chosen for the Git host's delivery log: 2xx only when the deliv
 import logging
 
 from django.conf import settings
-from django.db import DatabaseError
+from django.db import DatabaseError, InterfaceError, OperationalError, connection
 from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -68,7 +68,7 @@ def webhook(request, slug: str, env_only: bool = False):
         return response
 
     try:
-        repository = Repository.objects.filter(slug=slug).first()
+        repository = _find_repository(slug)
     except DatabaseError:
         logger.exception("Database unreachable while receiving a webhook for %r", slug)
         return _database_unavailable()
@@ -110,6 +110,19 @@ def webhook(request, slug: str, env_only: bool = False):
     if receipt.retry_after is not None:
         response["Retry-After"] = str(receipt.retry_after)
     return response
+
+
+def _find_repository(slug: str) -> Repository | None:
+    """The first query of a request. A persistent connection the database dropped (a restart)
+    fails here, on a read that is safe to repeat: once more on a new connection, rather than a
+    health-check query before every request (CONN_HEALTH_CHECKS is off)."""
+    try:
+        return Repository.objects.filter(slug=slug).first()
+    except (OperationalError, InterfaceError):
+        if connection.in_atomic_block:
+            raise
+        connection.close()
+        return Repository.objects.filter(slug=slug).first()
 
 
 def _database_unavailable() -> JsonResponse:

@@ -153,7 +153,9 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
     )
 elif _db["ENGINE"] == "django.db.backends.postgresql":
     _db.setdefault("CONN_MAX_AGE", env_int("CONN_MAX_AGE", 60))
-    _db["CONN_HEALTH_CHECKS"] = True
+    # No health-check query per request: a connection the database dropped fails its first
+    # query, which the webhook view (a read) and the worker's loop retry on a new connection.
+    _db["CONN_HEALTH_CHECKS"] = False
     _db.setdefault("OPTIONS", {}).setdefault("connect_timeout", env_int("DB_CONNECT_TIMEOUT", 5))
     _db["OPTIONS"].setdefault("application_name", os.environ.get("GITDEPLOY_PROCESS", "gitdeploy"))
     _db.setdefault("TEST", {})["NAME"] = os.environ.get(

@@ -1,0 +1,100 @@
+"""The ingest hot path (issue: a lock convoy on the Repository row): how many queries a push
+costs, that pushes to one repository do not wait for each other, and that a dropped connection is
+not a 503.
+
+transaction=True: the counts are the production ones (no test transaction adding savepoints)."""
+
+import threading
+
+import psycopg
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from gitdeploy.models import Delivery, SyncRun
+from tests.test_webhook import push_payload, signed_github
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def push(client, repository, commit: str, delivery: str):
+    with CaptureQueriesContext(connection) as queries:
+        response = signed_github(
+            client, repository, push_payload(after=commit * 40), delivery=delivery
+        )
+    assert response.status_code == 202, response.content
+    # Statements, without the transaction's own BEGIN and COMMIT (one pair per delivery).
+    statements = [q["sql"] for q in queries.captured_queries]
+    control = [sql for sql in statements if sql.split()[0] in ("BEGIN", "COMMIT")]
+    assert len(control) == 2, statements  # one transaction per delivery
+    return response.json(), [sql for sql in statements if sql not in control]
+
+
+def test_a_joining_push_costs_at_most_four_queries(client, make_repository):
+    repository = make_repository(default_branch="main")
+    first, queued_queries = push(client, repository, "a", "d-1")
+    second, joined_queries = push(client, repository, "b", "d-2")
+    assert (first["joined"], second["joined"]) == (False, True)
+    # The repository, the redelivery check, the insert-or-join, the Delivery.
+    assert len(joined_queries) <= 4, "\n".join(joined_queries)
+    # Queuing adds the task row (and on PostgreSQL the NOTIFY that wakes a worker; on SQLite, an
+    # in-process database, an UPDATE, then the insert in a savepoint, instead of ON CONFLICT).
+    limit = 6 if connection.vendor == "postgresql" else 8
+    assert len(queued_queries) <= limit, "\n".join(queued_queries)
+    assert not any("FOR UPDATE" in sql for sql in queued_queries + joined_queries)
+    run = SyncRun.objects.get()
+    assert run.requested_commit == "b" * 40
+    assert list(Delivery.objects.values_list("sync_run", flat=True)) == [run.pk, run.pk]
+
+
+def test_a_push_after_a_queued_roll_back_supersedes_it(client, make_repository):
+    repository = make_repository(default_branch="main")
+    rollback, _ = SyncRun.request(
+        repository, trigger=SyncRun.Trigger.ADMIN, commit="c" * 40, pin_commit=True
+    )
+    answer, _ = push(client, repository, "d", "d-3")
+    assert answer["joined"] is False and answer["sync_run"] != rollback.pk
+    rollback.refresh_from_db()
+    assert rollback.status == SyncRun.Status.SUPERSEDED
+    assert rollback.superseded_by_id == answer["sync_run"]
+
+
+def test_concurrent_pushes_to_one_repository_make_one_queued_run(make_repository):
+    from django.test import Client
+
+    repository = make_repository(default_branch="main")
+    answers, errors = [], []
+
+    def send(n: int) -> None:
+        try:
+            response = signed_github(
+                Client(), repository, push_payload(after=f"{n:040x}"), delivery=f"c-{n}"
+            )
+            answers.append(response.status_code)
+        except Exception as exc:  # reported below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=send, args=(n + 1,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors and answers == [202] * 8
+    assert SyncRun.objects.filter(status=SyncRun.Status.QUEUED).count() == 1
+    assert Delivery.objects.filter(sync_run__isnull=False).count() == 8
+
+
+def test_a_connection_the_database_dropped_is_replaced_not_a_503(client, make_repository):
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite has no server connection to drop")
+    repository = make_repository(default_branch="main")
+    push(client, repository, "e", "d-4")
+    pid = connection.connection.info.backend_pid
+    params = connection.get_connection_params()
+    admin = {key: params[key] for key in ("host", "port", "user", "dbname") if params.get(key)}
+    with psycopg.connect(**admin, autocommit=True) as other:
+        other.execute("SELECT pg_terminate_backend(%s)", [pid])
+    answer, _ = push(client, repository, "f", "d-5")
+    assert answer["status"] == "queued"
