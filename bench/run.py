@@ -78,7 +78,7 @@ def main() -> None:
         webhook_secret="bench",
     )
     worker = subprocess.Popen(
-        [sys.executable, "manage.py", "db_worker", "--no-reload", "--verbosity", "0"],
+        [sys.executable, "manage.py", "db_worker", "--verbosity", "0"],
         cwd=ROOT,
         env=dict(os.environ),
         stdout=subprocess.DEVNULL,

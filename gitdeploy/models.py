@@ -654,10 +654,10 @@ class WorkerHeartbeat(models.Model):
 
     @classmethod
     def beat(cls, worker_id: str, hostname: str, pid: int) -> None:
-        cls.objects.update_or_create(
-            worker_id=worker_id,
-            defaults={"hostname": hostname, "pid": pid, "seen_at": timezone.now()},
-        )
+        # One UPDATE every beat; the row is created once (an idle worker costs almost nothing).
+        values = {"hostname": hostname, "pid": pid, "seen_at": timezone.now()}
+        if not cls.objects.filter(worker_id=worker_id).update(**values):
+            cls.objects.get_or_create(worker_id=worker_id, defaults=values)
 
     @classmethod
     def latest(cls) -> WorkerHeartbeat | None:

@@ -17,6 +17,7 @@ gitdeploy.tasks holds only the task definition that calls execute_run.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import os
@@ -27,6 +28,7 @@ import time
 import traceback
 from pathlib import Path
 
+import psycopg
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections, connections
 from django.db.models import Q
@@ -35,7 +37,7 @@ from django_tasks import TaskResultStatus
 from django_tasks_db.management.commands.db_worker import Worker
 
 from gitdeploy import sync
-from gitdeploy.models import Repository, SyncRun, redact_url
+from gitdeploy.models import TASKS_CHANNEL, Repository, SyncRun, redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -424,7 +426,7 @@ class WorkerMonitor(threading.Thread):
     """Beside the db_worker loop: records this worker's heartbeat for /api/ready and recovers runs
     whose worker died, so nothing stays 'running' forever after a kill -9."""
 
-    def __init__(self, worker_id: str, every: float = 2.0):
+    def __init__(self, worker_id: str, every: float = 5.0):
         super().__init__(name="gitdeploy-monitor", daemon=True)
         self.worker_id = worker_id
         self.every = every
@@ -456,7 +458,7 @@ class WorkerMonitor(threading.Thread):
                     logger.warning("worker monitor: the database is reachable again")
                 database_down = False
             except DATABASE_DOWN as exc:
-                # One line per outage, not a traceback every two seconds.
+                # One line per outage, not a traceback at every beat.
                 if not database_down:
                     logger.warning(
                         "worker monitor: database unreachable (%s); waiting for it",
@@ -469,6 +471,60 @@ class WorkerMonitor(threading.Thread):
             finally:
                 close_old_connections()
             self.stopped.wait(self.every)
+
+
+class Waker:
+    """LISTEN on PostgreSQL: SyncRun.enqueue NOTIFYs when its transaction commits, so an idle
+    worker starts a queued run within milliseconds instead of at its next poll, and polls rarely.
+    Its own connection (autocommit), outside Django's, reopened after the database came back."""
+
+    def __init__(self) -> None:
+        self.connection: psycopg.Connection | None = None
+
+    @staticmethod
+    def available() -> bool:
+        return connections["default"].vendor == "postgresql"
+
+    def _connect(self) -> psycopg.Connection:
+        db = settings.DATABASES["default"]
+        params = {
+            "dbname": db.get("NAME") or "",
+            "user": db.get("USER") or "",
+            "password": db.get("PASSWORD") or "",
+            "host": db.get("HOST") or "",
+            "port": str(db.get("PORT") or ""),
+            "connect_timeout": db.get("OPTIONS", {}).get("connect_timeout", 5),
+            "application_name": "gitdeploy-worker-listen",
+        }
+        connection = psycopg.connect(
+            autocommit=True, **{key: value for key, value in params.items() if value != ""}
+        )
+        connection.execute(f"LISTEN {TASKS_CHANNEL}")
+        return connection
+
+    def wait(self, timeout: float, running=lambda: True) -> bool:
+        """Blocks until a NOTIFY, the timeout, or running() turning false (checked twice a
+        second: a stop request must not wait for the poll); True when woken. Never raises:
+        without the listening connection it sleeps, and polling covers the gap."""
+        deadline = time.monotonic() + timeout
+        try:
+            if self.connection is None or self.connection.closed:
+                self.connection = self._connect()
+            while running() and (left := deadline - time.monotonic()) > 0:
+                for _notify in self.connection.notifies(timeout=min(left, 0.5), stop_after=1):
+                    return True
+            return False
+        except psycopg.Error as exc:
+            logger.debug("listen connection lost (%s); polling", exc.__class__.__name__)
+            self.close()
+            time.sleep(min(timeout, 1.0))
+            return False
+
+    def close(self) -> None:
+        if self.connection is not None:
+            with contextlib.suppress(Exception):
+                self.connection.close()
+            self.connection = None
 
 
 class ResilientWorker(Worker):
@@ -491,23 +547,69 @@ class ResilientWorker(Worker):
             return
         super().shutdown(signum, frame)
 
+    # With LISTEN, polling only catches what no NOTIFY announces (a retry's run_after coming due)
+    # and a lost notification: every few seconds, not every 0.05 s.
+    LISTEN_POLL = 2.0
+
     def run(self) -> None:
+        logger.info(
+            "Starting worker worker_id=%s queues=%s", self.worker_id, ",".join(self.queue_names)
+        )
+        waker = Waker() if Waker.available() else None
         delay = 0.25
-        while self.running:
-            started = time.monotonic()
-            try:
-                super().run()
-                return
-            except DATABASE_DOWN as exc:
-                if time.monotonic() - started > 60:
-                    delay = 0.25  # a new outage after a good while: retry quickly again
-                logger.warning(
-                    "worker: database unreachable (%s); trying again in %.1f s",
-                    exc.__class__.__name__,
-                    delay,
-                )
-                close_connections()
-                deadline = time.monotonic() + delay
-                while self.running and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                delay = min(delay * 2, DATABASE_BACKOFF_MAX)
+        try:
+            while self.running:
+                try:
+                    ran = self.run_one()
+                    delay = 0.25
+                except DATABASE_DOWN as exc:
+                    logger.warning(
+                        "worker: database unreachable (%s); trying again in %.1f s",
+                        exc.__class__.__name__,
+                        delay,
+                    )
+                    close_connections()
+                    self.pause(delay)
+                    delay = min(delay * 2, DATABASE_BACKOFF_MAX)
+                    continue
+                if self.batch and not ran:
+                    return
+                if self.max_tasks is not None and self._run_tasks >= self.max_tasks:
+                    return
+                if ran or not self.running:
+                    continue
+                if waker is not None:
+                    waker.wait(max(self.interval, self.LISTEN_POLL), lambda: self.running)
+                else:
+                    self.pause(self.interval)
+        finally:
+            if waker is not None:
+                waker.close()
+
+    def run_one(self) -> bool:
+        """Claims the next ready task and runs it (as django-tasks-db's loop does: a row lock
+        with SKIP LOCKED, so workers never take the same task). False when there was none."""
+        from django_tasks_db.models import DBTaskResult
+        from django_tasks_db.utils import exclusive_transaction
+
+        close_old_connections()
+        tasks = DBTaskResult.objects.ready().filter(backend_name=self.backend_name)
+        if not self.process_all_queues:
+            tasks = tasks.filter(queue_name__in=self.queue_names)
+        if self.excluded_queue_names:
+            tasks = tasks.exclude(queue_name__in=self.excluded_queue_names)
+        with exclusive_transaction(tasks.db):
+            task_result = tasks.get_locked()
+            if task_result is not None:
+                task_result.claim(self.worker_id)
+        if task_result is None:
+            return False
+        self.run_task(task_result)
+        close_old_connections()
+        return True
+
+    def pause(self, seconds: float) -> None:
+        """A sleep a stop request ends early."""
+        deadline = time.monotonic() + seconds
+        while self.running and time.monotonic() < deadline:
+            time.sleep(min(0.05, max(deadline - time.monotonic(), 0)))

@@ -24,12 +24,13 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.processes]
 
 
 class Worker:
-    def __init__(self, env: dict, name: str, log_dir: Path):
+    def __init__(self, env: dict, name: str, log_dir: Path, interval: str | None = None):
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self.log_file = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        extra = ["--interval", interval] if interval else []
         self.proc = subprocess.Popen(
-            [sys.executable, "manage.py", "db_worker", "--no-reload", "--worker-id", name],
+            [sys.executable, "manage.py", "db_worker", "--worker-id", name, *extra],
             cwd=PROJECT_ROOT,
             env=env,
             stdout=self.log_file,
@@ -55,8 +56,8 @@ class Worker:
 def start_worker(subprocess_env, tmp_path):
     workers = []
 
-    def start(name="worker-1", **env):
-        worker = Worker({**subprocess_env, **env}, name, tmp_path)
+    def start(name="worker-1", interval=None, **env):
+        worker = Worker({**subprocess_env, **env}, name, tmp_path, interval)
         workers.append(worker)
         return worker
 
@@ -133,6 +134,26 @@ def test_a_worker_process_syncs_a_pushed_commit(client, make_repository, remote,
     # How fast it was picked up is printed for the record; bench/ measures it properly.
     print(f"queued -> started: {(run.started_at - run.queued_at).total_seconds():.3f}s")
     assert Delivery.objects.get().sync_run_id == run.pk
+    assert worker.stop() == 0
+
+
+def test_on_postgresql_a_push_wakes_an_idle_worker_without_waiting_for_its_poll(
+    client, make_repository, remote, start_worker
+):
+    if is_sqlite():
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's; on SQLite the worker polls")
+    repository = make_repository(clone_url=remote.url)
+    # A poll every 120 s: only the NOTIFY sent when the push is committed can start it sooner.
+    worker = start_worker(interval="120")
+    wait_for(WorkerHeartbeat.latest, timeout=30, message="the worker's first heartbeat")
+    time.sleep(1)  # past its first poll, now waiting on LISTEN
+    for n in range(3):
+        tip = remote.commit({"index.html": f"<h1>v{n}</h1>\n"}, f"v{n}")
+        answer = push_webhook(client, repository, tip, f"wake-{n}")
+        run_id = answer["sync_run"]
+        run = wait_for(lambda: finished(run_id), timeout=60, message="the sync")  # noqa: B023
+        assert run.status == SyncRun.Status.SUCCEEDED, run.log + worker.output()
+        assert (run.started_at - run.queued_at).total_seconds() < 30, worker.output()
     assert worker.stop() == 0
 
 
