@@ -12,7 +12,6 @@ import hashlib
 import logging
 import re
 from collections.abc import Mapping
-from urllib.parse import urlsplit, urlunsplit
 
 from django.conf import settings
 from django.db import IntegrityError, models, transaction
@@ -22,22 +21,11 @@ from django.urls import reverse
 from django.utils import timezone
 
 from gitdeploy import providers
+from gitdeploy.redaction import redact_url
 
 logger = logging.getLogger(__name__)
 
 SHA_RE = re.compile(r"^[0-9a-f]{7,64}$")
-
-
-def redact_url(url: str) -> str:
-    """A clone URL fit for display: user info (tokens, passwords) replaced by '***'."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "***"
-    if parts.scheme and "@" in parts.netloc:
-        host = parts.netloc.rsplit("@", 1)[1]
-        return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
-    return url
 
 
 class Repository(models.Model):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gitdeploy.sync import SyncError, current_commit, redact
+from gitdeploy.sync import SyncError, current_commit
 from tests.gitservers import GIT_ENV, Remote, deploy, git, run_git_daemon
 
 # Fixtures (remote, git_daemon, hung_server, ...) come from tests.gitservers, loaded as a plugin
@@ -368,11 +368,3 @@ def test_file_system_errors_become_sync_errors(remote, tmp_path):
         deploy(remote.url, tmp_path / "a-file" / "site")
     assert not caught.value.retryable
     assert "NotADirectoryError" in caught.value.message
-
-
-def test_redact_strips_url_credentials_and_secrets():
-    text = "fetch https://bob:hunter2@example.com/x.git and http://tok3n@h/y token=abc123XYZ ok"
-    out = redact(text, ["abc123XYZ"])
-    assert out == "fetch https://example.com/x.git and http://h/y token=*** ok"
-    assert redact("ssh://git@host/x.git", []) == "ssh://git@host/x.git"
-    assert redact("ssh://git:pw@host/x.git", []) == "ssh://host/x.git"
