@@ -22,6 +22,7 @@ the token, the clone URL's, the environment's and SyncSpec.secrets), and handed 
 
 from __future__ import annotations
 
+import configparser
 import contextlib
 import fcntl
 import os
@@ -448,9 +449,24 @@ class _Session:
             raise self.error(f"commit {spec.commit} was not found on the remote", retryable=False)
         return sha
 
-    def adopt(self, git_dir: str, work_dir: str) -> None:
+    def create_repository(self, git_dir: str, *init_args: str) -> None:
+        """`git init` (also completes a half-made repository: re-running it is harmless) and our
+        origin. Two commands, so a kill -9 between them leaves a repository with no origin:
+        adopt() recognises that leftover."""
+        self.git("init", "-q", *init_args)
+        self.git("--git-dir", git_dir, "remote", "add", "origin", self.url)
+
+    def adopt(self, git_dir: str, work_dir: str, *, init_args: list[str], alone: bool) -> None:
         """An existing repository: it must be a clone of ours, left unlocked by a killed git, and
-        carry no credentials on disk."""
+        carry no credentials on disk. A blank repository (see _is_blank_repository) that is alone
+        in its directory is what a first deploy killed between `git init` and `git remote add`
+        left: there is nothing in it to destroy, so it becomes ours instead of blocking every
+        later run as "a clone of (no origin)"."""
+        if alone and _is_blank_repository(git_dir):
+            self.say(f"Adopting the empty repository an interrupted first deploy left in {git_dir}")
+            self.clear_stale_locks(git_dir, work_dir)
+            self.create_repository(git_dir, *init_args)
+            return
         self.check_origin(git_dir)
         self.clear_stale_locks(git_dir, work_dir)
         self.fix_origin(git_dir)
@@ -613,6 +629,28 @@ def _git_processes_in(work_dir: str, locks: list[str]) -> list[tuple[int, str]]:
     return found
 
 
+def _is_blank_repository(git_dir: str) -> bool:
+    """A repository with no remote, no ref and no object (read-only: files only, no git)."""
+    for part in ("objects", "refs"):
+        for _root, _dirs, files in os.walk(os.path.join(git_dir, part)):
+            if files:
+                return False
+    if os.path.exists(os.path.join(git_dir, "packed-refs")):
+        return False
+    config = os.path.join(git_dir, "config")
+    if not os.path.exists(config):
+        return True
+    try:
+        sections = git.GitConfigParser(config, read_only=True).sections()
+    except (OSError, ValueError, configparser.Error):  # unreadable: we cannot tell it is blank
+        return False
+    return not any(section.startswith("remote ") for section in sections)
+
+
+def _holds_no_release(target: str) -> bool:
+    return not any(os.path.lexists(os.path.join(target, name)) for name in ("releases", "current"))
+
+
 def _is_empty_dir(path: str) -> bool:
     with os.scandir(path) as entries:
         return next(entries, None) is None
@@ -632,7 +670,7 @@ def _sync_inplace(s: _Session) -> SyncResult:
     elif not os.path.isdir(target):
         raise s.error(f"{target} exists and is not a directory", retryable=False)
     if os.path.isdir(dot_git):
-        s.adopt(dot_git, target)
+        s.adopt(dot_git, target, init_args=[target], alone=os.listdir(target) == [".git"])
         s.previous = current_commit(target, "inplace")
         s.say(f"Existing clone at {s.previous or '(no commit yet)'}")
     elif _is_empty_dir(target):
@@ -640,8 +678,7 @@ def _sync_inplace(s: _Session) -> SyncResult:
         # cannot be renamed or replaced), so init + fetch + checkout in place, not `git clone`.
         s.say(f"First deploy: initialising a repository in {target}")
         created.append(dot_git)
-        s.git("init", "-q", target)
-        s.git("-C", target, "remote", "add", "origin", s.url)
+        s.create_repository(dot_git, target)
     else:
         raise s.error(
             f"{target} is not empty and is not a git clone; refusing to touch it", retryable=False
@@ -663,15 +700,14 @@ def _sync_atomic(s: _Session) -> SyncResult:
     if os.path.exists(target) and not os.path.isdir(target):
         raise s.error(f"{target} exists and is not a directory", retryable=False)
     if os.path.isdir(store):
-        s.adopt(store, target)
+        s.adopt(store, target, init_args=["--bare", store], alone=_holds_no_release(target))
         s.previous = current_commit(target, "atomic")
         s.say(f"Existing release store; current is {s.previous or '(none)'}")
     elif not os.path.exists(target) or _is_empty_dir(target):
         s.say(f"First deploy: creating the release store in {state_dir}")
         created.append(state_dir if os.path.exists(target) else target)
         os.makedirs(state_dir, exist_ok=True)
-        s.git("init", "-q", "--bare", store)
-        s.git("--git-dir", store, "remote", "add", "origin", s.url)
+        s.create_repository(store, "--bare", store)
     else:
         raise s.error(
             f"{target} is not empty and holds no gitdeploy release store (.gitdeploy/repo.git); "
