@@ -4,9 +4,12 @@ command. Plain values in (SyncSpec), a SyncResult out, SyncError on failure.
 Owns the two layouts, the git steps they share (resolve the branch, fetch, pick the commit, adopt
 an existing clone, move a working tree) and the post-deploy command. It may import only
 gitdeploy.process (running a command), gitdeploy.redaction (what a secret is), the standard
-library, and GitPython for read-only inspection (HEAD, origin URL: it reads those files in pure
-Python without spawning git). No Django and no ORM: the worker owns the database side and calls
-sync() while holding repository_lock().
+library, and GitPython for read-only inspection (current_commit reads HEAD in pure Python without
+spawning git). No Django and no ORM: the worker owns the database side and calls sync() while
+holding repository_lock().
+
+Nothing in the target directory runs as the worker: see "The repository's own configuration is
+not trusted" below.
 
 Layouts
   inplace  the target directory is a normal clone; its working tree is moved to the commit with
@@ -22,7 +25,6 @@ the token, the clone URL's, the environment's and SyncSpec.secrets), and handed 
 
 from __future__ import annotations
 
-import configparser
 import contextlib
 import fcntl
 import os
@@ -204,6 +206,182 @@ def repository_lock(
 
 
 # --------------------------------------------------------------------------------------------------
+# The repository's own configuration is not trusted
+#
+# The deployed application can write its checkout, .git included (and the release store beside
+# it), while the worker that runs git holds the Git token, the deploy key and the database
+# credentials. So nothing named by the repository may run as the worker. Three layers:
+#
+# 1. _PINNED_CONFIG is given with -c to every git call. Command-line config overrides every file
+#    and arrives with argv, so no rewrite of .git/config can race it. It covers each key that
+#    names a program directly: hooks (core.hooksPath), core.fsmonitor, core.sshCommand (for SSH
+#    URLs GIT_SSH_COMMAND, which beats it, is ours too), core.askPass, credential helpers, and
+#    origin's uploadpack / receivepack. GIT_ALLOW_PROTOCOL keeps ext:: out; fetches never recurse
+#    into submodules (a submodule's own config would be read).
+# 2. The worker owns the repository's config file: before every git call in a repository it is
+#    reduced to the keys the worker needs (_OWNED_KEYS: repository format, origin, partial clone,
+#    protocol version) and rewritten when anything else is in it. That is what stops keys that
+#    cannot be pinned because their names are open-ended: filter.<any>.smudge/clean/process (named
+#    by .gitattributes or info/attributes, which the application can write), include / includeIf
+#    (which could bring any key back), alias.<any>, url.<any>.insteadOf, http.<url>.*, and
+#    extensions.worktreeConfig (config.worktree). An allowlist, not a blocklist: a key a future git
+#    learns is dropped, not trusted. Neither `-c include.path=` nor overriding filter.<name>.* can
+#    do this generically, and the worker does not need anything else in that file.
+# 3. git is always told which repository to use (--git-dir, --work-tree, GIT_COMMON_DIR): never
+#    discovered from a `.git` file or symlink, a `commondir` file or core.worktree, all of which
+#    the application could point at a repository of its own making.
+#
+# What remains: a process of the application that rewrites .git/config in the few milliseconds
+# between our rewrite and git reading it could get a filter or an include read by that one git
+# call (layer 1 still keeps hooks, fsmonitor and transports out). Closing that needs the git
+# directory out of the application's reach: another uid, or a mount it cannot write.
+_PINNED_CONFIG = [
+    # A Docker volume is often owned by another uid than the worker's; git's ownership check would
+    # refuse it. We only ever run git in the directory the operator configured, and layers 1-3
+    # above are what that check protects against.
+    "-c", "safe.directory=*",
+    "-c", "credential.helper=",  # only our askpass answers
+    "-c", "core.askPass=",
+    "-c", f"core.hooksPath={os.devnull}",
+    "-c", "core.fsmonitor=false",
+    "-c", "core.sshCommand=ssh",
+    "-c", "remote.origin.uploadpack=git-upload-pack",
+    "-c", "remote.origin.receivepack=git-receive-pack",
+    "-c", "submodule.recurse=false",
+]  # fmt: skip
+
+# (section, subsection, key) kept from a repository's config; everything else is dropped.
+# remote.origin.url is always the worker's own.
+_OWNED_KEYS = frozenset(
+    [("core", "", key) for key in (
+        "repositoryformatversion", "filemode", "bare", "logallrefupdates", "symlinks",
+        "ignorecase", "precomposeunicode",
+    )]
+    + [("extensions", "", key) for key in (
+        "objectformat", "refstorage", "partialclone", "preciousobjects", "noop",
+    )]
+    + [("remote", "origin", key) for key in ("fetch", "promisor", "partialclonefilter")]
+    + [("protocol", "", "version")]
+)  # fmt: skip
+_ORIGIN_FETCH = "+refs/heads/*:refs/remotes/origin/*"
+
+
+@dataclass(frozen=True)
+class _Repo:
+    """Where git works: named explicitly, never discovered (layer 3 above)."""
+
+    git_dir: str  # HEAD and the index (a release's: <store>/worktrees/<sha>)
+    common_dir: str  # config, objects and refs: the config the worker owns
+    work_tree: str = ""
+
+    def args(self) -> list[str]:
+        args = ["--git-dir", self.git_dir]
+        return [*args, "--work-tree", self.work_tree] if self.work_tree else args
+
+
+_CONFIG_SECTION = re.compile(r'\s*\[\s*([A-Za-z0-9.-]+)(?:\s+"((?:[^"\\]|\\.)*)")?\s*\](.*)$')
+_CONFIG_KEY = re.compile(r"\s*([A-Za-z][A-Za-z0-9-]*)\s*(?:=(.*))?$")
+_CONFIG_ESCAPES = {"n": "\n", "t": "\t", "b": "\b", "\\": "\\", '"': '"'}
+
+
+def _parse_config(text: str) -> list[tuple[str, str, str, str]]:
+    """(section, subsection, key, value) entries of a git config file, in order, names lower-cased
+    as git compares them. Includes are not followed. A line it cannot read is skipped: what is not
+    understood is not kept, since own_config writes only what this returns and allows."""
+    entries = []
+    section = subsection = ""
+    lines = iter(text.splitlines())
+    for line in lines:
+        header = _CONFIG_SECTION.match(line)
+        if header:
+            name, quoted, line = header.groups()
+            if quoted is not None:
+                section, subsection = name.lower(), re.sub(r"\\(.)", r"\1", quoted)
+            else:  # [section] or the old [section.subsection]
+                section, _, subsection = name.lower().partition(".")
+        match = _CONFIG_KEY.match(line)
+        if not match or not section or line.lstrip().startswith(("#", ";")):
+            continue
+        raw = match[2]
+        while raw is not None and raw.endswith("\\") and not raw.endswith("\\\\"):
+            raw = raw[:-1] + next(lines, "")  # a value continued on the next line
+        value = "true" if raw is None else _config_value(raw)
+        if value is not None:
+            entries.append((section, subsection, match[1].lower(), value))
+    return entries
+
+
+def _config_value(raw: str) -> str | None:
+    out, quoted, i = [], False, 0
+    while i < len(raw):
+        char = raw[i]
+        if char == "\\":
+            escaped = _CONFIG_ESCAPES.get(raw[i + 1 : i + 2])
+            if escaped is None:
+                return None  # git refuses the file; we drop the entry
+            out.append(escaped)
+            i += 2
+            continue
+        if char == '"':
+            quoted = not quoted
+        elif not quoted and char in "#;":
+            break
+        else:
+            out.append(char)
+        i += 1
+    return "".join(out).strip() if not quoted else None
+
+
+def _owned_entries(
+    found: list[tuple[str, str, str, str]], url: str
+) -> list[tuple[str, str, str, str]]:
+    kept = [entry for entry in found if entry[:3] in _OWNED_KEYS]
+    if not any(entry[:3] == ("remote", "origin", "fetch") for entry in kept):
+        kept.append(("remote", "origin", "fetch", _ORIGIN_FETCH))
+    return [*kept, ("remote", "origin", "url", url)]
+
+
+def _render_config(entries: list[tuple[str, str, str, str]]) -> str:
+    def quote(value: str) -> str:
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        return '"' + escaped.replace("\n", "\\n").replace("\t", "\\t").replace("\b", "\\b") + '"'
+
+    grouped: dict[tuple[str, str], list[str]] = {}
+    for section, subsection, key, value in entries:
+        grouped.setdefault((section, subsection), []).append(f"\t{key} = {quote(value)}\n")
+    text = "# Written by gitdeploy: the worker owns this file and rewrites it before git runs.\n"
+    for (section, subsection), lines in grouped.items():
+        text += f"[{section} {quote(subsection)}]\n" if subsection else f"[{section}]\n"
+        text += "".join(lines)
+    return text
+
+
+def _replace_file(path: str, text: str) -> None:
+    tmp = f"{path}.gitdeploy-{_random.token_hex(4)}"
+    with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as out:
+        out.write(text)
+    os.replace(tmp, path)
+
+
+def _read_config(git_dir: str) -> list[tuple[str, str, str, str]]:
+    """The entries of git_dir's config; [] when it has none."""
+    try:
+        with open(os.path.join(git_dir, "config"), encoding="utf-8", errors="surrogateescape") as f:
+            return _parse_config(f.read())
+    except FileNotFoundError:
+        return []
+
+
+def _origin_url(git_dir: str) -> str:
+    try:
+        found = _read_config(git_dir)
+    except OSError:
+        return ""
+    urls = [value for *name, value in found if tuple(name) == ("remote", "origin", "url")]
+    return urls[-1] if urls else ""
+
+
+# --------------------------------------------------------------------------------------------------
 # One sync
 
 
@@ -336,20 +514,28 @@ class _Session:
     def git(
         self,
         *args: str,
+        repo: _Repo | None = None,
         network: bool = False,
         check: bool = True,
         quiet: bool = False,
     ) -> process.Completed:
-        """Runs git; with check, a failure raises SyncError, retryable when the command talked to
-        the remote (network) and the failure may pass (see _worth_retrying)."""
-        # safe.directory=*: a Docker volume is often owned by another uid than the worker's; we only
-        # ever run git in the directory the operator configured. credential.helper= drops any helper
-        # a repository config might name, so only our askpass answers.
-        argv = ["git", "-c", "safe.directory=*", "-c", "credential.helper=", *args]
+        """Runs git, in `repo` when given (its config is made ours first: see own_config); with
+        check, a failure raises SyncError, retryable when the command talked to the remote
+        (network) and the failure may pass (see _worth_retrying)."""
+        env = self.env
+        if repo is not None:
+            self.own_config(repo.common_dir)
+            args = (*repo.args(), *args)
+            # Named here, so a `commondir` file the application planted cannot point git at
+            # another repository's config.
+            env = {**env, "GIT_COMMON_DIR": repo.common_dir}
+        argv = ["git", *_PINNED_CONFIG, *args]
         if not quiet:
             self.say("$ git " + shlex.join(args))
+        # cwd "/": a command outside a repository (init, ls-remote) must not pick up the config of
+        # whatever repository the worker happens to run in.
         result = process.run(
-            argv, cwd=None, env=self.env, timeout=self.spec.git_timeout, heartbeat=self.beat
+            argv, cwd="/", env=env, timeout=self.spec.git_timeout, heartbeat=self.beat
         )
         stderr = result.stderr.decode("utf-8", "replace").strip()
         if result.timed_out:
@@ -370,21 +556,39 @@ class _Session:
                     self.say(output)
         return result
 
-    def rev(self, git_args: list[str], rev: str) -> str:
-        r = self.git(*git_args, "rev-parse", "--verify", "-q", rev, check=False, quiet=True)
+    def rev(self, repo: _Repo, rev: str) -> str:
+        r = self.git("rev-parse", "--verify", "-q", rev, repo=repo, check=False, quiet=True)
         return r.stdout.decode().strip() if r.returncode == 0 else ""
 
+    def own_config(self, git_dir: str) -> None:
+        """Reduces git_dir's config to the keys the worker needs (see "The repository's own
+        configuration is not trusted"); rewrites it only when something else is in it."""
+        path = os.path.join(git_dir, "config")
+        found = _read_config(git_dir)
+        wanted = _owned_entries(found, self.url)
+        if sorted(found) != sorted(wanted):
+            # Only names: a value may be a credential (the origin URL is replaced, not "removed").
+            dropped = sorted(
+                {".".join(filter(None, e[:3])) for e in found if e[:3] not in _OWNED_KEYS}
+                - {"remote.origin.url"}
+            )
+            if dropped:
+                self.say(f"Removed from {path} (the worker owns it): {', '.join(dropped)}")
+            _replace_file(path, _render_config(wanted))
+        with contextlib.suppress(FileNotFoundError):
+            # Git never makes one in a repository's own directory; a planted one would send git
+            # to another config even without GIT_COMMON_DIR.
+            os.unlink(os.path.join(git_dir, "commondir"))
+
     # -- steps shared by both layouts
-    def fetch_target(
-        self, git_args: list[str], git_dir: str, *, created: list[str]
-    ) -> tuple[str, str]:
+    def fetch_target(self, repo: _Repo, *, created: list[str]) -> tuple[str, str]:
         """(branch, commit to deploy), fetched. `created` lists what this run made for a first
         deploy, in order: on failure it is removed again, so a directory that was empty (a volume's
         mount point) is given back empty and a missing one stays missing."""
         try:
             branch = self.resolve_branch()
-            self.fetch(git_args, branch)
-            return branch, self.target_commit(git_args, git_dir, branch)
+            self.fetch(repo, branch)
+            return branch, self.target_commit(repo, branch)
         except SyncError:
             for path in reversed(created):
                 shutil.rmtree(path, ignore_errors=True)
@@ -406,9 +610,10 @@ class _Session:
                 return branch
         raise self.error("could not resolve the remote's default branch (HEAD)", retryable=True)
 
-    def fetch_args(self, git_args: list[str], *, unshallow: bool = False) -> list[str]:
-        """`git fetch` with the spec's depth and filter; never tags (nothing deploys them)."""
-        args = [*git_args, "fetch", "--no-tags"]
+    def fetch_args(self, *, unshallow: bool = False) -> list[str]:
+        """`git fetch` with the spec's depth and filter; never tags (nothing deploys them), never
+        submodules (their own config would be read)."""
+        args = ["fetch", "--no-tags", "--no-recurse-submodules"]
         if unshallow:
             args.append("--unshallow")
         elif self.spec.depth > 0:
@@ -417,13 +622,13 @@ class _Session:
             args.append(f"--filter={self.spec.filter}")
         return args
 
-    def fetch(self, git_args: list[str], branch: str) -> None:
-        self.git(*self.fetch_args(git_args), "origin", _branch_refspec(branch), network=True)
+    def fetch(self, repo: _Repo, branch: str) -> None:
+        self.git(*self.fetch_args(), "origin", _branch_refspec(branch), repo=repo, network=True)
 
-    def target_commit(self, git_args: list[str], git_dir: str, branch: str) -> str:
+    def target_commit(self, repo: _Repo, branch: str) -> str:
         spec = self.spec
         if not spec.commit:
-            sha = self.rev(git_args, f"refs/remotes/origin/{branch}^{{commit}}")
+            sha = self.rev(repo, f"refs/remotes/origin/{branch}^{{commit}}")
             if not sha:
                 raise self.error(
                     f"branch {branch} was fetched but cannot be resolved", retryable=True
@@ -432,36 +637,36 @@ class _Session:
         wanted = spec.commit.strip().lower()
         if not _ABBREV_SHA.match(wanted):  # also keeps option-like strings away from git's argv
             raise self.error(f"{spec.commit!r} is not a commit id", retryable=False)
-        sha = self.rev(git_args, f"{wanted}^{{commit}}")
+        sha = self.rev(repo, f"{wanted}^{{commit}}")
         if not sha and _FULL_SHA.match(wanted):
             # Protocol v2 servers let us ask for any reachable commit by id.
             self.say(f"Commit {wanted} is not here yet: fetching it")
-            self.git(*self.fetch_args(git_args), "origin", wanted, check=False)
-            sha = self.rev(git_args, f"{wanted}^{{commit}}")
-        if not sha and os.path.exists(os.path.join(git_dir, "shallow")):
+            self.git(*self.fetch_args(), "origin", wanted, repo=repo, check=False)
+            sha = self.rev(repo, f"{wanted}^{{commit}}")
+        if not sha and os.path.exists(os.path.join(repo.common_dir, "shallow")):
             self.say(f"Commit {wanted} is not in the shallow history: fetching the full history")
             self.git(
-                *self.fetch_args(git_args, unshallow=True), "origin", _branch_refspec(branch),
-                network=True,
+                *self.fetch_args(unshallow=True), "origin", _branch_refspec(branch),
+                repo=repo, network=True,
             )  # fmt: skip
-            sha = self.rev(git_args, f"{wanted}^{{commit}}")
+            sha = self.rev(repo, f"{wanted}^{{commit}}")
         if not sha:
             raise self.error(f"commit {spec.commit} was not found on the remote", retryable=False)
         return sha
 
     def create_repository(self, git_dir: str, *init_args: str) -> None:
-        """`git init` (also completes a half-made repository: re-running it is harmless) and our
-        origin. Two commands, so a kill -9 between them leaves a repository with no origin:
-        adopt() recognises that leftover."""
+        """`git init` (re-running it completes a half-made repository and is otherwise harmless),
+        then our config with origin, written in one rename: a kill -9 in between leaves a
+        repository with no origin, which adopt() recognises."""
         self.git("init", "-q", *init_args)
-        self.git("--git-dir", git_dir, "remote", "add", "origin", self.url)
+        self.own_config(git_dir)
 
     def adopt(self, git_dir: str, work_dir: str, *, init_args: list[str], alone: bool) -> None:
-        """An existing repository: it must be a clone of ours, left unlocked by a killed git, and
-        carry no credentials on disk. A blank repository (see _is_blank_repository) that is alone
-        in its directory is what a first deploy killed between `git init` and `git remote add`
-        left: there is nothing in it to destroy, so it becomes ours instead of blocking every
-        later run as "a clone of (no origin)"."""
+        """An existing repository: it must be a clone of ours and left unlocked by a killed git;
+        its config becomes ours (so no credential stays on disk in its origin URL). A blank
+        repository (see _is_blank_repository) alone in its directory is what a first deploy
+        killed between `git init` and writing origin left: there is nothing in it to destroy, so
+        it becomes ours instead of blocking every later run as "a clone of (no origin)"."""
         if alone and _is_blank_repository(git_dir):
             self.say(f"Adopting the empty repository an interrupted first deploy left in {git_dir}")
             self.clear_stale_locks(git_dir, work_dir)
@@ -469,14 +674,11 @@ class _Session:
             return
         self.check_origin(git_dir)
         self.clear_stale_locks(git_dir, work_dir)
-        self.fix_origin(git_dir)
+        self.own_config(git_dir)
 
-    def check_origin(self, repo_path: str) -> None:
+    def check_origin(self, git_dir: str) -> None:
         """Refuses a repository whose origin is another remote (read-only: touches nothing)."""
-        try:
-            raw = git.Repo(repo_path).remote("origin").url
-        except (ValueError, git.exc.GitError, OSError):
-            raw = ""
+        raw = _origin_url(git_dir)
         if _comparable_url(raw) != _comparable_url(self.url):
             shown = split_credentials(raw)[0] if raw else "(no origin)"
             raise self.error(
@@ -484,11 +686,6 @@ class _Session:
                 "refusing to touch it",
                 retryable=False,
             )
-
-    def fix_origin(self, git_dir: str) -> None:
-        # An operator's clone may carry a token in its origin URL: keep none on disk.
-        if git.Repo(git_dir).remote("origin").url != self.url:
-            self.git("--git-dir", git_dir, "remote", "set-url", "origin", self.url)
 
     def clear_stale_locks(self, git_dir: str, work_dir: str) -> None:
         locks = []
@@ -511,9 +708,9 @@ class _Session:
                 f"Removed stale lock {os.path.relpath(lock, work_dir)} (no git process holds it)"
             )
 
-    def list_local_changes(self, work_dir: str) -> None:
-        r = self.git("-C", work_dir, "status", "--porcelain=v1", "-z", "--untracked-files=no",
-                     check=False, quiet=True)  # fmt: skip
+    def list_local_changes(self, repo: _Repo) -> None:
+        r = self.git("status", "--porcelain=v1", "-z", "--untracked-files=no",
+                     repo=repo, check=False, quiet=True)  # fmt: skip
         entries = [e for e in r.stdout.decode("utf-8", "replace").split("\0") if e]
         changed, skip = [], False
         for entry in entries:
@@ -529,13 +726,13 @@ class _Session:
             if len(changed) > 200:
                 self.say(f"  ... and {len(changed) - 200} more")
 
-    def move_worktree(self, work_dir: str, sha: str) -> None:
-        self.list_local_changes(work_dir)
-        self.git("-C", work_dir, "checkout", "-q", "-f", "--detach", sha)
+    def move_worktree(self, repo: _Repo, sha: str) -> None:
+        self.list_local_changes(repo)
+        self.git("checkout", "-q", "-f", "--detach", sha, repo=repo)
         if self.spec.clean_untracked:
             # -d: untracked directories too; no -x: ignored files (.env, caches, node_modules,
             # uploads listed in .gitignore) are the application's data and stay.
-            self.git("-C", work_dir, "clean", "-f", "-d")
+            self.git("clean", "-f", "-d", repo=repo)
 
     def post_deploy(self, cwd: str, branch: str, sha: str, *, deployed_commit: str) -> int | None:
         """Runs the command in cwd; deployed_commit is what a failure reports as deployed."""
@@ -637,14 +834,13 @@ def _is_blank_repository(git_dir: str) -> bool:
                 return False
     if os.path.exists(os.path.join(git_dir, "packed-refs")):
         return False
-    config = os.path.join(git_dir, "config")
-    if not os.path.exists(config):
+    if not os.path.exists(os.path.join(git_dir, "config")):
         return True
     try:
-        sections = git.GitConfigParser(config, read_only=True).sections()
-    except (OSError, ValueError, configparser.Error):  # unreadable: we cannot tell it is blank
+        found = _read_config(git_dir)
+    except OSError:  # unreadable: we cannot tell it is blank
         return False
-    return not any(section.startswith("remote ") for section in sections)
+    return not any(section == "remote" for section, *_rest in found)
 
 
 def _holds_no_release(target: str) -> bool:
@@ -669,7 +865,7 @@ def _sync_inplace(s: _Session) -> SyncResult:
         created.append(target)
     elif not os.path.isdir(target):
         raise s.error(f"{target} exists and is not a directory", retryable=False)
-    if os.path.isdir(dot_git):
+    if os.path.isdir(dot_git) and not os.path.islink(dot_git):
         s.adopt(dot_git, target, init_args=[target], alone=os.listdir(target) == [".git"])
         s.previous = current_commit(target, "inplace")
         s.say(f"Existing clone at {s.previous or '(no commit yet)'}")
@@ -683,9 +879,10 @@ def _sync_inplace(s: _Session) -> SyncResult:
         raise s.error(
             f"{target} is not empty and is not a git clone; refusing to touch it", retryable=False
         )
-    branch, sha = s.fetch_target(["-C", target], dot_git, created=created)
+    repo = _Repo(dot_git, dot_git, target)
+    branch, sha = s.fetch_target(repo, created=created)
     s.say(f"Deploying {sha} (branch {branch}, previous {s.previous or 'none'})")
-    s.move_worktree(target, sha)
+    s.move_worktree(repo, sha)
     code = s.post_deploy(target, branch, sha, deployed_commit=sha)
     return SyncResult(branch, s.previous, sha, code, target)
 
@@ -714,21 +911,28 @@ def _sync_atomic(s: _Session) -> SyncResult:
             "refusing to touch it",
             retryable=False,
         )
-    git_args = ["--git-dir", store]
-    branch, sha = s.fetch_target(git_args, store, created=created)
+    store_repo = _Repo(store, store)
+    branch, sha = s.fetch_target(store_repo, created=created)
     s.say(f"Deploying {sha} (branch {branch}, previous {s.previous or 'none'})")
 
     release = os.path.join(releases, sha)
     os.makedirs(releases, exist_ok=True)
-    if os.path.isdir(release) and s.rev(["-C", release], "HEAD"):
+    # The release's own `.git` file is the application's to rewrite: git is told its worktree
+    # directory in the store instead (`worktree add` names it after the release).
+    release_repo = _Repo(os.path.join(store, "worktrees", sha), store, release)
+    if (
+        os.path.isdir(release)
+        and os.path.isdir(release_repo.git_dir)
+        and s.rev(release_repo, "HEAD")
+    ):
         s.say(f"Reusing releases/{sha}")
-        s.move_worktree(release, sha)
+        s.move_worktree(release_repo, sha)
     else:
         if os.path.lexists(release):  # a half-made release from an interrupted run
             s.say(f"Removing incomplete releases/{sha}")
             shutil.rmtree(release, ignore_errors=True)
-        s.git(*git_args, "worktree", "prune")
-        s.git(*git_args, "worktree", "add", "-q", "--detach", release, sha)
+        s.git("worktree", "prune", repo=store_repo)
+        s.git("worktree", "add", "-q", "--detach", release, sha, repo=store_repo)
     os.utime(release)  # retention keeps the most recently deployed releases
 
     code = s.post_deploy(release, branch, sha, deployed_commit="")
@@ -744,11 +948,11 @@ def _sync_atomic(s: _Session) -> SyncResult:
             os.unlink(tmp_link)
         raise s.error(f"cannot switch {link}: {exc}", retryable=False) from None
     s.say(f"current -> releases/{sha}")
-    _prune_releases(s, store, releases, keep={sha, current_commit(target, "atomic")})
+    _prune_releases(s, store_repo, releases, keep={sha, current_commit(target, "atomic")})
     return SyncResult(branch, s.previous, sha, code, release)
 
 
-def _prune_releases(s: _Session, store: str, releases: str, keep: set[str]) -> None:
+def _prune_releases(s: _Session, store: _Repo, releases: str, keep: set[str]) -> None:
     entries = []
     for entry in os.scandir(releases):
         if entry.is_dir(follow_symlinks=False):
@@ -763,7 +967,7 @@ def _prune_releases(s: _Session, store: str, releases: str, keep: set[str]) -> N
             shutil.rmtree(os.path.join(releases, name), ignore_errors=True)
             removed = True
     if removed:
-        s.git("--git-dir", store, "worktree", "prune")
+        s.git("worktree", "prune", repo=store)
 
 
 # --------------------------------------------------------------------------------------------------
