@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import secrets
 from typing import cast
-from urllib.parse import urlsplit
 
 from django import forms
 from django.conf import settings
@@ -24,7 +23,6 @@ from django.utils import timezone
 from django.utils.html import escape, format_html
 from django.views.decorators.http import require_POST
 
-from gitdeploy import providers
 from gitdeploy.display import (
     commit_html,
     format_duration,
@@ -44,6 +42,7 @@ from gitdeploy.models import (
     WorkerHeartbeat,
     provider_of,
 )
+from gitdeploy.redaction import SECRET_HEADERS, redact
 
 TRIGGER_PERMISSION = "gitdeploy.trigger_deploy"
 SECRET_MASK = "••••••••"  # noqa: S105 - a mask, not a password
@@ -58,26 +57,10 @@ def admin_url(obj, action: str = "change") -> str:
     return reverse(f"admin:{opts.app_label}_{opts.model_name}_{action}", args=[obj.pk])
 
 
-def known_secrets(repository: Repository) -> list[str]:
-    """Credential strings that must never reach a page: the webhook secret, the clone URL's
-    password or token, and the environment's token. Short values are skipped: masking "git" in a
-    log would hide nothing and garble everything."""
-    values = [repository.webhook_secret, settings.GIT_TOKEN, settings.WEBHOOK_SECRET]
-    try:
-        parts = urlsplit(repository.clone_url)
-        # https://TOKEN@host/...: without a password, the user name is the token.
-        values.append(parts.password or parts.username or "")
-    except ValueError:
-        pass
-    return sorted({v for v in values if v and len(v) >= 8}, key=len, reverse=True)
-
-
 def scrub(text: str, repository: Repository) -> str:
     """Defence in depth: the webhook view and the worker redact what they store, and this makes
     sure an old row or a missed spot still does not put a credential on screen."""
-    for secret in known_secrets(repository):
-        text = text.replace(secret, "***")
-    return text
+    return redact(text, repository.secrets())
 
 
 def queued_message(run: SyncRun, joined: bool) -> str:
@@ -777,7 +760,7 @@ class DeliveryAdmin(TriggerMixin, ReadOnlyAdmin):
         if not headers:
             return "—"
         rows = sorted(
-            (str(name), "***" if str(name).lower() in providers.SECRET_HEADERS else str(value))
+            (str(name), "***" if str(name).lower() in SECRET_HEADERS else str(value))
             for name, value in dict(headers).items()
         )
         text = scrub("\n".join(f"{name}: {value}" for name, value in rows), delivery.repository)

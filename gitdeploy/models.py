@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime
 import logging
 import re
-from urllib.parse import urlsplit, urlunsplit
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -21,6 +20,7 @@ from django.utils import timezone
 
 from gitdeploy import validators
 from gitdeploy.environment import ENV_SLUG
+from gitdeploy.redaction import collect_secrets, redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -28,18 +28,6 @@ SHA_RE = re.compile(r"^[0-9a-f]{7,64}$")
 
 # PostgreSQL LISTEN/NOTIFY channel: SyncRun.enqueue notifies it, idle workers listen on it.
 TASKS_CHANNEL = "gitdeploy_tasks"
-
-
-def redact_url(url: str) -> str:
-    """A clone URL fit for display: user info (tokens, passwords) replaced by '***'."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "***"
-    if parts.scheme and "@" in parts.netloc:
-        host = parts.netloc.rsplit("@", 1)[1]
-        return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
-    return url
 
 
 class DeployRefused(Exception):
@@ -140,6 +128,17 @@ class Repository(models.Model):
     @property
     def display_clone_url(self) -> str:
         return redact_url(self.clone_url)
+
+    def secrets(self) -> tuple[str, ...]:
+        """Every credential of this repository that must never reach a log line or a page: the
+        webhook secrets, the environment's Git token, the clone URL's password or token
+        (redaction.collect_secrets applies the one rule)."""
+        return collect_secrets(
+            self.webhook_secret,
+            settings.WEBHOOK_SECRET,
+            settings.GIT_TOKEN,
+            urls=[self.clone_url],
+        )
 
     @property
     def tracked_branch(self) -> str:

@@ -1,6 +1,7 @@
 """What a Git host sent: which host, is it authentic, and which ref moved to which commit.
 
-Pure Python (stdlib only) so it can be tested without Django. The webhook code calls, in order:
+Pure Python (stdlib and gitdeploy.redaction, which owns SECRET_HEADERS) so it can be tested
+without Django. The webhook code calls, in order:
 
     envelope = read_envelope(request.headers)        # headers only, nothing trusted yet
     verification = verify(envelope, headers, body, secret)  # valid / invalid / missing + reason
@@ -31,6 +32,8 @@ import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from gitdeploy.redaction import SECRET_HEADERS
 
 __all__ = [
     "SECRET_HEADERS",
@@ -580,10 +583,6 @@ def _bitbucket_server(payload: dict[str, Any], branch: str) -> Event:
 
 
 # --- storing headers ------------------------------------------------------------------------------
-
-SECRET_HEADERS: frozenset[str] = frozenset(
-    {"x-gitlab-token", "authorization", "cookie", "proxy-authorization"}
-)
 
 
 def sanitize_headers(headers: Mapping[str, str]) -> dict[str, str]:

@@ -1,7 +1,15 @@
-"""Git operations and the post-deploy command: bring a target directory to one exact commit.
+"""The sync room: bring a target directory to one exact commit with git, then run the post-deploy
+command. Plain values in (SyncSpec), a SyncResult out, SyncError on failure.
 
-Plain values in (SyncSpec), a SyncResult out, SyncError on failure. No Django import: the worker
-task (gitdeploy.tasks) owns the database side and calls sync() while holding repository_lock().
+Owns the two layouts, the git steps they share (resolve the branch, fetch, pick the commit, adopt
+an existing clone, move a working tree) and the post-deploy command. It may import only
+gitdeploy.process (running a command), gitdeploy.redaction (what a secret is), the standard
+library, and GitPython for read-only inspection (current_commit reads HEAD in pure Python without
+spawning git). No Django and no ORM: the worker owns the database side and calls sync() while
+holding repository_lock().
+
+Nothing in the target directory runs as the worker: see "The repository's own configuration is
+not trusted" below.
 
 Layouts
   inplace  the target directory is a normal clone; its working tree is moved to the commit with
@@ -10,12 +18,9 @@ Layouts
            <target>/releases/<sha>; <target>/current is a RELATIVE symlink (releases/<sha>) switched
            with os.replace() after the post-deploy command succeeded in the new release.
 
-Why our own subprocess runner and not GitPython for the commands that touch the network or the
-working tree: we need, together, a timeout that kills the whole process group (git spawns
-git-remote-http, ssh, upload-pack, ...), a new session so a SIGTERM sent to the worker's process
-group does not kill git half-way through a checkout, and heartbeats while we wait. GitPython's
-execute() gives none of these together. GitPython is used for read-only inspection (HEAD, origin
-URL): it reads those files in pure Python without spawning git.
+The log: sync keeps no copy of it. Each line is redacted once, here (sync knows the credentials:
+the token, the clone URL's, the environment's and SyncSpec.secrets), and handed to the caller's
+`log` callable, which can store it as it is.
 """
 
 from __future__ import annotations
@@ -27,20 +32,23 @@ import re
 import secrets as _random
 import shlex
 import shutil
-import signal
-import subprocess
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import git
 
-OUTPUT_CAP = 1024 * 1024  # post-deploy output kept in the log (the tail)
-HEARTBEAT_EVERY = 1.0  # seconds between heartbeat() calls while a command runs (contract: <= 2 s)
-KILL_GRACE = 2.0  # SIGTERM, then SIGKILL after this many seconds
+from gitdeploy import process
+from gitdeploy.redaction import (
+    collect_secrets,
+    environ_secrets,
+    redact,
+    scrubbed_environ,
+    split_credentials,
+)
+
 # Username given to the HTTPS server with GIT_TOKEN when the clone URL names none. GitHub accepts it
 # for app and personal tokens; GitLab, Gitea/Forgejo accept any username with a personal token.
 DEFAULT_HTTP_USERNAME = "x-access-token"
@@ -49,35 +57,6 @@ ALLOWED_PROTOCOLS = "file:git:http:https:ssh"
 
 _ABBREV_SHA = re.compile(r"^[0-9a-f]{4,64}$")
 _FULL_SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
-# scheme://userinfo@ — userinfo up to the first "/" (or whitespace/quote) before an "@".
-_URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@\s'\"<>]+)@")
-# Environment variables never handed to the post-deploy command (nor to git): our own secrets and
-# anything that looks like one. NAME_FILE variants (Docker secrets) only name a path, but the
-# command has no business reading them either.
-_SECRET_ENV = re.compile(
-    r"^(?:GIT_TOKEN|WEBHOOK_SECRET|SECRET_KEY|DATABASE_URL|GITDEPLOY_GIT_.*)(?:_FILE)?$"
-    r"|(?:TOKEN|SECRET|SECRET_KEY|PASSWORD|PASSWD|_DSN)(?:_FILE)?$",
-    re.IGNORECASE,
-)
-# Inherited variables that would point our git commands at another repository or config.
-_GIT_LOCATION_ENV = (
-    "GIT_DIR",
-    "GIT_WORK_TREE",
-    "GIT_INDEX_FILE",
-    "GIT_OBJECT_DIRECTORY",
-    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
-    "GIT_COMMON_DIR",
-    "GIT_NAMESPACE",
-    "GIT_CEILING_DIRECTORIES",
-    "GIT_CONFIG",
-    "GIT_CONFIG_PARAMETERS",
-    "GIT_CONFIG_COUNT",
-    "GIT_ASKPASS",
-    "SSH_ASKPASS",
-    "GIT_SSH",
-    "GIT_SSH_COMMAND",
-    "GIT_EXEC_PATH",
-)
 
 _ASKPASS_SCRIPT = """#!/bin/sh
 # Written by gitdeploy for one sync; the secret itself only lives in git's environment.
@@ -88,11 +67,11 @@ esac
 """
 
 
-def _noop() -> None:
+def _no_heartbeat() -> None:
     pass
 
 
-def _print_log(line: str) -> None:
+def _discard(line: str) -> None:
     pass
 
 
@@ -114,36 +93,46 @@ class SyncSpec:
     token: str = ""
     ssh_key_file: str = ""
     ssh_known_hosts_file: str = ""
+    # Other secret values the caller knows (webhook secrets, ...): redacted from every log line and
+    # error like the token, so the caller's log sink can store lines as it receives them.
+    secrets: tuple[str, ...] = ()
 
 
-@dataclass
+@dataclass(frozen=True)
 class SyncResult:
-    branch: str
-    previous_commit: str
+    branch: str  # the branch deployed (the remote's default branch when SyncSpec.branch was "")
+    previous_commit: str  # what was deployed before, "" on a first deploy
     deployed_commit: str
-    post_deploy_exit_code: int | None
-    log: str
+    post_deploy_exit_code: int | None  # None when there is no post-deploy command
     # inplace: the target directory; atomic: <target>/releases/<sha> (what `current` now points to).
     deployed_path: str
 
 
 class SyncError(Exception):
-    """A sync that did not complete. The message and log are already redacted.
+    """A sync that did not complete. Every field is always set; the message is already redacted.
 
+    message: what went wrong, one line (also the exception's str()).
     retryable: True when trying again later may work (remote down, auth refused, timeout, another
-    git process busy in the directory); False for problems that need a person (foreign directory,
-    unknown commit or branch, post-deploy failure).
+        git process busy in the directory); False for problems that need a person (foreign
+        directory, unknown commit or branch, post-deploy failure).
+    previous_commit: what was deployed when the run started, "" if nothing was.
     deployed_commit: the commit this run moved the target directory to before it failed (inplace
-    post-deploy failure); "" when the run did not move it (atomic: `current` did not switch).
-    post_deploy_exit_code: the command's exit status; negative (-signal) when killed on timeout.
+        post-deploy failure); "" when the run did not move it (atomic: `current` did not switch).
+    post_deploy_exit_code: the command's exit status; negative (-signal) when killed on timeout;
+        None when the command did not run.
     """
+
+    message: str
+    retryable: bool
+    previous_commit: str
+    deployed_commit: str
+    post_deploy_exit_code: int | None
 
     def __init__(
         self,
         message: str,
         *,
         retryable: bool,
-        log: str = "",
         previous_commit: str = "",
         deployed_commit: str = "",
         post_deploy_exit_code: int | None = None,
@@ -151,49 +140,17 @@ class SyncError(Exception):
         super().__init__(message)
         self.message = message
         self.retryable = retryable
-        self.log = log
         self.previous_commit = previous_commit
         self.deployed_commit = deployed_commit
         self.post_deploy_exit_code = post_deploy_exit_code
 
 
 # --------------------------------------------------------------------------------------------------
-# Small helpers (public: redact, current_commit, repository_lock)
+# Public helpers: current_commit, repository_lock
 
 
-def redact(text: str, secrets: Iterable[str]) -> str:
-    """Replaces every secret by *** and strips user:pass@ (or an HTTP(S) user@) from any URL."""
-
-    def strip_userinfo(match: re.Match[str]) -> str:
-        scheme, userinfo = match["scheme"], match["userinfo"]
-        # ssh://git@host keeps its (public) user; a password, or any HTTP(S) userinfo (tokens are
-        # often sent as the user name), goes.
-        if ":" in userinfo or scheme.lower().startswith(("http", "ftp")):
-            return scheme
-        return match[0]
-
-    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
-        for form in {secret, quote(secret, safe="")}:
-            text = text.replace(form, "***")
-    return _URL_USERINFO.sub(strip_userinfo, text)
-
-
-def split_credentials(url: str) -> tuple[str, str, str]:
-    """(url without credentials, username, password). Only HTTP(S) URLs lose their user name."""
-    parts = urlsplit(url)
-    if not parts.scheme or "@" not in parts.netloc:
-        return url, "", ""
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    user, has_password, password = userinfo.partition(":")
-    if parts.scheme.lower() in ("http", "https"):
-        return urlunsplit(parts._replace(netloc=hostport)), unquote(user), unquote(password)
-    if has_password:  # ssh://user:pass@host -> ssh://user@host (BatchMode never uses a password)
-        return (
-            urlunsplit(parts._replace(netloc=f"{user}@{hostport}")),
-            unquote(user),
-            unquote(password),
-        )
-    return url, unquote(user), ""
+def _secrets_of(spec: SyncSpec) -> tuple[str, ...]:
+    return collect_secrets(spec.token, *spec.secrets, *environ_secrets(), urls=[spec.clone_url])
 
 
 def _comparable_url(url: str) -> str:
@@ -238,7 +195,8 @@ def repository_lock(
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if heartbeat is not None and time.monotonic() - last_beat >= HEARTBEAT_EVERY:
+                due = time.monotonic() - last_beat >= process.HEARTBEAT_EVERY
+                if heartbeat is not None and due:
                     heartbeat()
                     last_beat = time.monotonic()
                 time.sleep(poll)
@@ -248,123 +206,179 @@ def repository_lock(
 
 
 # --------------------------------------------------------------------------------------------------
-# Process runner
+# The repository's own configuration is not trusted
+#
+# The deployed application can write its checkout, .git included (and the release store beside
+# it), while the worker that runs git holds the Git token, the deploy key and the database
+# credentials. So nothing named by the repository may run as the worker. Three layers:
+#
+# 1. _PINNED_CONFIG is given with -c to every git call. Command-line config overrides every file
+#    and arrives with argv, so no rewrite of .git/config can race it. It covers each key that
+#    names a program directly: hooks (core.hooksPath), core.fsmonitor, core.sshCommand (for SSH
+#    URLs GIT_SSH_COMMAND, which beats it, is ours too), core.askPass, credential helpers, and
+#    origin's uploadpack / receivepack. GIT_ALLOW_PROTOCOL keeps ext:: out; fetches never recurse
+#    into submodules (a submodule's own config would be read).
+# 2. The worker owns the repository's config file: before every git call in a repository it is
+#    reduced to the keys the worker needs (_OWNED_KEYS: repository format, origin, partial clone,
+#    protocol version) and rewritten when anything else is in it. That is what stops keys that
+#    cannot be pinned because their names are open-ended: filter.<any>.smudge/clean/process (named
+#    by .gitattributes or info/attributes, which the application can write), include / includeIf
+#    (which could bring any key back), alias.<any>, url.<any>.insteadOf, http.<url>.*, and
+#    extensions.worktreeConfig (config.worktree). An allowlist, not a blocklist: a key a future git
+#    learns is dropped, not trusted. Neither `-c include.path=` nor overriding filter.<name>.* can
+#    do this generically, and the worker does not need anything else in that file.
+# 3. git is always told which repository to use (--git-dir, --work-tree, GIT_COMMON_DIR): never
+#    discovered from a `.git` file or symlink, a `commondir` file or core.worktree, all of which
+#    the application could point at a repository of its own making.
+#
+# What remains: a process of the application that rewrites .git/config in the few milliseconds
+# between our rewrite and git reading it could get a filter or an include read by that one git
+# call (layer 1 still keeps hooks, fsmonitor and transports out). Closing that needs the git
+# directory out of the application's reach: another uid, or a mount it cannot write.
+_PINNED_CONFIG = [
+    # A Docker volume is often owned by another uid than the worker's; git's ownership check would
+    # refuse it. We only ever run git in the directory the operator configured, and layers 1-3
+    # above are what that check protects against.
+    "-c", "safe.directory=*",
+    "-c", "credential.helper=",  # only our askpass answers
+    "-c", "core.askPass=",
+    "-c", f"core.hooksPath={os.devnull}",
+    "-c", "core.fsmonitor=false",
+    "-c", "core.sshCommand=ssh",
+    "-c", "remote.origin.uploadpack=git-upload-pack",
+    "-c", "remote.origin.receivepack=git-receive-pack",
+    "-c", "submodule.recurse=false",
+]  # fmt: skip
+
+# (section, subsection, key) kept from a repository's config; everything else is dropped.
+# remote.origin.url is always the worker's own.
+_OWNED_KEYS = frozenset(
+    [("core", "", key) for key in (
+        "repositoryformatversion", "filemode", "bare", "logallrefupdates", "symlinks",
+        "ignorecase", "precomposeunicode",
+    )]
+    + [("extensions", "", key) for key in (
+        "objectformat", "refstorage", "partialclone", "preciousobjects", "noop",
+    )]
+    + [("remote", "origin", key) for key in ("fetch", "promisor", "partialclonefilter")]
+    + [("protocol", "", "version")]
+)  # fmt: skip
+_ORIGIN_FETCH = "+refs/heads/*:refs/remotes/origin/*"
 
 
-@dataclass
-class _Completed:
-    returncode: int
-    stdout: bytes
-    stderr: bytes
-    timed_out: bool
-    dropped: int  # bytes dropped from the head of the output (cap)
+@dataclass(frozen=True)
+class _Repo:
+    """Where git works: named explicitly, never discovered (layer 3 above)."""
+
+    git_dir: str  # HEAD and the index (a release's: <store>/worktrees/<sha>)
+    common_dir: str  # config, objects and refs: the config the worker owns
+    work_tree: str = ""
+
+    def args(self) -> list[str]:
+        args = ["--git-dir", self.git_dir]
+        return [*args, "--work-tree", self.work_tree] if self.work_tree else args
 
 
-class _Tail:
-    """Keeps the last `cap` bytes read from a pipe."""
-
-    def __init__(self, cap: int) -> None:
-        self.cap = cap
-        self.data = bytearray()
-        self.dropped = 0
-
-    def drain(self, stream) -> None:
-        try:
-            while chunk := stream.read1(65536):
-                self.data += chunk
-                if len(self.data) > self.cap:
-                    cut = len(self.data) - self.cap
-                    del self.data[:cut]
-                    self.dropped += cut
-        except (OSError, ValueError):
-            pass
+_CONFIG_SECTION = re.compile(r'\s*\[\s*([A-Za-z0-9.-]+)(?:\s+"((?:[^"\\]|\\.)*)")?\s*\](.*)$')
+_CONFIG_KEY = re.compile(r"\s*([A-Za-z][A-Za-z0-9-]*)\s*(?:=(.*))?$")
+_CONFIG_ESCAPES = {"n": "\n", "t": "\t", "b": "\b", "\\": "\\", '"': '"'}
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    # The command runs in its own session, so its pid is its process group id: this reaches every
-    # child it started (git-remote-http, ssh, a build tool's workers, ...).
-    for sig, wait in ((signal.SIGTERM, KILL_GRACE), (signal.SIGKILL, None)):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
+def _parse_config(text: str) -> list[tuple[str, str, str, str]]:
+    """(section, subsection, key, value) entries of a git config file, in order, names lower-cased
+    as git compares them. Includes are not followed. A line it cannot read is skipped: what is not
+    understood is not kept, since own_config writes only what this returns and allows."""
+    entries = []
+    section = subsection = ""
+    lines = iter(text.splitlines())
+    for line in lines:
+        header = _CONFIG_SECTION.match(line)
+        if header:
+            name, quoted, line = header.groups()
+            if quoted is not None:
+                section, subsection = name.lower(), re.sub(r"\\(.)", r"\1", quoted)
+            else:  # [section] or the old [section.subsection]
+                section, _, subsection = name.lower().partition(".")
+        match = _CONFIG_KEY.match(line)
+        if not match or not section or line.lstrip().startswith(("#", ";")):
             continue
+        raw = match[2]
+        while raw is not None and raw.endswith("\\") and not raw.endswith("\\\\"):
+            raw = raw[:-1] + next(lines, "")  # a value continued on the next line
+        value = "true" if raw is None else _config_value(raw)
+        if value is not None:
+            entries.append((section, subsection, match[1].lower(), value))
+    return entries
 
 
-def _run(
-    argv: list[str],
-    *,
-    cwd: str | None,
-    env: Mapping[str, str],
-    timeout: float,
-    heartbeat: Callable[[], None],
-    merge_output: bool = False,
-    output_cap: int = OUTPUT_CAP,
-) -> _Completed:
-    """Runs argv in a new session (a SIGTERM/SIGINT to the worker's group does not reach it), calls
-    heartbeat while waiting, kills the whole group past timeout."""
-    proc = subprocess.Popen(
-        argv,
-        cwd=cwd,
-        env=dict(env),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT if merge_output else subprocess.PIPE,
-        start_new_session=True,
-    )
-    out, err = _Tail(output_cap), _Tail(output_cap)
-    readers = [threading.Thread(target=out.drain, args=(proc.stdout,), daemon=True)]
-    if not merge_output:
-        readers.append(threading.Thread(target=err.drain, args=(proc.stderr,), daemon=True))
-    for reader in readers:
-        reader.start()
-    deadline = time.monotonic() + timeout
-    timed_out = False
+def _config_value(raw: str) -> str | None:
+    out, quoted, i = [], False, 0
+    while i < len(raw):
+        char = raw[i]
+        if char == "\\":
+            escaped = _CONFIG_ESCAPES.get(raw[i + 1 : i + 2])
+            if escaped is None:
+                return None  # git refuses the file; we drop the entry
+            out.append(escaped)
+            i += 2
+            continue
+        if char == '"':
+            quoted = not quoted
+        elif not quoted and char in "#;":
+            break
+        else:
+            out.append(char)
+        i += 1
+    return "".join(out).strip() if not quoted else None
+
+
+def _owned_entries(
+    found: list[tuple[str, str, str, str]], url: str
+) -> list[tuple[str, str, str, str]]:
+    kept = [entry for entry in found if entry[:3] in _OWNED_KEYS]
+    if not any(entry[:3] == ("remote", "origin", "fetch") for entry in kept):
+        kept.append(("remote", "origin", "fetch", _ORIGIN_FETCH))
+    return [*kept, ("remote", "origin", "url", url)]
+
+
+def _render_config(entries: list[tuple[str, str, str, str]]) -> str:
+    def quote(value: str) -> str:
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        return '"' + escaped.replace("\n", "\\n").replace("\t", "\\t").replace("\b", "\\b") + '"'
+
+    grouped: dict[tuple[str, str], list[str]] = {}
+    for section, subsection, key, value in entries:
+        grouped.setdefault((section, subsection), []).append(f"\t{key} = {quote(value)}\n")
+    text = "# Written by gitdeploy: the worker owns this file and rewrites it before git runs.\n"
+    for (section, subsection), lines in grouped.items():
+        text += f"[{section} {quote(subsection)}]\n" if subsection else f"[{section}]\n"
+        text += "".join(lines)
+    return text
+
+
+def _replace_file(path: str, text: str) -> None:
+    tmp = f"{path}.gitdeploy-{_random.token_hex(4)}"
+    with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as out:
+        out.write(text)
+    os.replace(tmp, path)
+
+
+def _read_config(git_dir: str) -> list[tuple[str, str, str, str]]:
+    """The entries of git_dir's config; [] when it has none."""
     try:
-        while True:
-            heartbeat()
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                timed_out = True
-                _kill_group(proc)
-                break
-            try:
-                proc.wait(timeout=min(HEARTBEAT_EVERY, remaining))
-                break
-            except subprocess.TimeoutExpired:
-                continue
-    except BaseException:  # heartbeat raised (lease lost) or KeyboardInterrupt: leave no orphan
-        _kill_group(proc)
-        raise
-    finally:
-        # A background process started by the command may keep the pipe open; do not wait for it.
-        for reader in readers:
-            reader.join(timeout=2)
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                with contextlib.suppress(OSError):
-                    stream.close()
-    return _Completed(
-        proc.returncode, bytes(out.data), bytes(err.data), timed_out, out.dropped + err.dropped
-    )
+        with open(os.path.join(git_dir, "config"), encoding="utf-8", errors="surrogateescape") as f:
+            return _parse_config(f.read())
+    except FileNotFoundError:
+        return []
 
 
-def _clean_environ() -> dict[str, str]:
-    """os.environ without secrets and without variables that would redirect git."""
-    return {
-        name: value
-        for name, value in os.environ.items()
-        if not _SECRET_ENV.search(name) and name not in _GIT_LOCATION_ENV
-    }
-
-
-def _environ_secrets() -> list[str]:
-    """Values of secret-looking variables of our own environment, redacted from every log line."""
-    return [
-        value for name, value in os.environ.items() if _SECRET_ENV.search(name) and len(value) >= 6
-    ]
+def _origin_url(git_dir: str) -> str:
+    try:
+        found = _read_config(git_dir)
+    except OSError:
+        return ""
+    urls = [value for *name, value in found if tuple(name) == ("remote", "origin", "url")]
+    return urls[-1] if urls else ""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -372,6 +386,8 @@ def _environ_secrets() -> list[str]:
 
 
 class _Session:
+    """One sync's state: the spec, the credentials, git's environment, the log and heartbeat."""
+
     def __init__(
         self, spec: SyncSpec, log: Callable[[str], None], heartbeat: Callable[[], None]
     ) -> None:
@@ -379,13 +395,9 @@ class _Session:
         self._log = log
         self._heartbeat = heartbeat
         self._last_beat = 0.0
-        self.lines: list[str] = []
         self.url, self.username, password = split_credentials(spec.clone_url)
         self.password = spec.token or password
-        secrets = [spec.token, password, *_environ_secrets()]
-        if self.username and not password and len(self.username) >= 12:
-            secrets.append(self.username)  # https://<token>@host: the user name is the secret
-        self.secrets = [s for s in secrets if s]
+        self.secrets = _secrets_of(spec)
         self.previous = ""
         self.tempdir = ""
         try:
@@ -396,25 +408,37 @@ class _Session:
 
     # -- logging, errors, heartbeats
     def say(self, text: str) -> None:
+        """Redacts text once and hands it to the log callable, one call per line."""
         for line in redact(text, self.secrets).splitlines() or [""]:
-            self.lines.append(line)
             self._log(line)
 
     def beat(self) -> None:
         now = time.monotonic()
-        if now - self._last_beat >= HEARTBEAT_EVERY * 0.9:
+        if now - self._last_beat >= process.HEARTBEAT_EVERY * 0.9:
             self._last_beat = now
             self._heartbeat()
 
-    def error(self, message: str, *, retryable: bool, **commits) -> SyncError:
+    def error(
+        self,
+        message: str,
+        *,
+        retryable: bool,
+        deployed_commit: str = "",
+        post_deploy_exit_code: int | None = None,
+    ) -> SyncError:
         message = redact(message, self.secrets)
         self.say(f"ERROR: {message}")
-        commits.setdefault("previous_commit", self.previous)
-        return SyncError(message, retryable=retryable, log="\n".join(self.lines), **commits)
+        return SyncError(
+            message,
+            retryable=retryable,
+            previous_commit=self.previous,
+            deployed_commit=deployed_commit,
+            post_deploy_exit_code=post_deploy_exit_code,
+        )
 
     # -- environment
     def _git_environ(self) -> dict[str, str]:
-        env = _clean_environ()
+        env = scrubbed_environ()
         env.update(
             GIT_TERMINAL_PROMPT="0",  # a missing credential fails at once instead of hanging
             LC_ALL="C",
@@ -490,19 +514,28 @@ class _Session:
     def git(
         self,
         *args: str,
-        cwd: str | None = None,
-        retryable: bool = False,
+        repo: _Repo | None = None,
+        network: bool = False,
         check: bool = True,
         quiet: bool = False,
-    ) -> _Completed:
-        # safe.directory=*: a Docker volume is often owned by another uid than the worker's; we only
-        # ever run git in the directory the operator configured. credential.helper= drops any helper
-        # a repository config might name, so only our askpass answers.
-        argv = ["git", "-c", "safe.directory=*", "-c", "credential.helper=", *args]
+    ) -> process.Completed:
+        """Runs git, in `repo` when given (its config is made ours first: see own_config); with
+        check, a failure raises SyncError, retryable when the command talked to the remote
+        (network) and the failure may pass (see _worth_retrying)."""
+        env = self.env
+        if repo is not None:
+            self.own_config(repo.common_dir)
+            args = (*repo.args(), *args)
+            # Named here, so a `commondir` file the application planted cannot point git at
+            # another repository's config.
+            env = {**env, "GIT_COMMON_DIR": repo.common_dir}
+        argv = ["git", *_PINNED_CONFIG, *args]
         if not quiet:
             self.say("$ git " + shlex.join(args))
-        result = _run(
-            argv, cwd=cwd, env=self.env, timeout=self.spec.git_timeout, heartbeat=self.beat
+        # cwd "/": a command outside a repository (init, ls-remote) must not pick up the config of
+        # whatever repository the worker happens to run in.
+        result = process.run(
+            argv, cwd="/", env=env, timeout=self.spec.git_timeout, heartbeat=self.beat
         )
         stderr = result.stderr.decode("utf-8", "replace").strip()
         if result.timed_out:
@@ -515,7 +548,7 @@ class _Session:
             raise self.error(
                 f"git {_subcommand(args)} failed (exit {result.returncode}): "
                 f"{stderr or '(no output)'}",
-                retryable=retryable,
+                retryable=network and _worth_retrying(stderr),
             )
         if not quiet:
             for output in (result.stdout.decode("utf-8", "replace").strip(), stderr):
@@ -523,11 +556,44 @@ class _Session:
                     self.say(output)
         return result
 
-    def rev(self, git_args: list[str], rev: str) -> str:
-        r = self.git(*git_args, "rev-parse", "--verify", "-q", rev, check=False, quiet=True)
+    def rev(self, repo: _Repo, rev: str) -> str:
+        r = self.git("rev-parse", "--verify", "-q", rev, repo=repo, check=False, quiet=True)
         return r.stdout.decode().strip() if r.returncode == 0 else ""
 
+    def own_config(self, git_dir: str) -> None:
+        """Reduces git_dir's config to the keys the worker needs (see "The repository's own
+        configuration is not trusted"); rewrites it only when something else is in it."""
+        path = os.path.join(git_dir, "config")
+        found = _read_config(git_dir)
+        wanted = _owned_entries(found, self.url)
+        if sorted(found) != sorted(wanted):
+            # Only names: a value may be a credential (the origin URL is replaced, not "removed").
+            dropped = sorted(
+                {".".join(filter(None, e[:3])) for e in found if e[:3] not in _OWNED_KEYS}
+                - {"remote.origin.url"}
+            )
+            if dropped:
+                self.say(f"Removed from {path} (the worker owns it): {', '.join(dropped)}")
+            _replace_file(path, _render_config(wanted))
+        with contextlib.suppress(FileNotFoundError):
+            # Git never makes one in a repository's own directory; a planted one would send git
+            # to another config even without GIT_COMMON_DIR.
+            os.unlink(os.path.join(git_dir, "commondir"))
+
     # -- steps shared by both layouts
+    def fetch_target(self, repo: _Repo, *, created: list[str]) -> tuple[str, str]:
+        """(branch, commit to deploy), fetched. `created` lists what this run made for a first
+        deploy, in order: on failure it is removed again, so a directory that was empty (a volume's
+        mount point) is given back empty and a missing one stays missing."""
+        try:
+            branch = self.resolve_branch()
+            self.fetch(repo, branch)
+            return branch, self.target_commit(repo, branch)
+        except SyncError:
+            for path in reversed(created):
+                shutil.rmtree(path, ignore_errors=True)
+            raise
+
     def resolve_branch(self) -> str:
         if self.spec.branch:
             r = self.git(
@@ -536,7 +602,7 @@ class _Session:
             if r.returncode != 0 or self.spec.branch.startswith("-"):
                 raise self.error(f"invalid branch name {self.spec.branch!r}", retryable=False)
             return self.spec.branch
-        r = self.git("ls-remote", "--symref", "--", self.url, "HEAD", retryable=True)
+        r = self.git("ls-remote", "--symref", "--", self.url, "HEAD", network=True)
         for line in r.stdout.decode("utf-8", "replace").splitlines():
             if line.startswith("ref: refs/heads/") and line.endswith("\tHEAD"):
                 branch = line[len("ref: refs/heads/") : -len("\tHEAD")]
@@ -544,25 +610,25 @@ class _Session:
                 return branch
         raise self.error("could not resolve the remote's default branch (HEAD)", retryable=True)
 
-    def fetch(self, git_args: list[str], branch: str) -> None:
-        spec = self.spec
-        args = [*git_args, "fetch", "--no-tags"]
-        if spec.depth > 0:
-            args.append(f"--depth={spec.depth}")
-        if spec.filter:
-            args.append(f"--filter={spec.filter}")
-        args += ["origin", f"+refs/heads/{branch}:refs/remotes/origin/{branch}"]
-        try:
-            self.git(*args, retryable=True)
-        except SyncError as exc:
-            if "couldn't find remote ref" in exc.message:
-                exc.retryable = False  # the branch does not exist: a person has to fix the config
-            raise
+    def fetch_args(self, *, unshallow: bool = False) -> list[str]:
+        """`git fetch` with the spec's depth and filter; never tags (nothing deploys them), never
+        submodules (their own config would be read)."""
+        args = ["fetch", "--no-tags", "--no-recurse-submodules"]
+        if unshallow:
+            args.append("--unshallow")
+        elif self.spec.depth > 0:
+            args.append(f"--depth={self.spec.depth}")
+        if self.spec.filter:
+            args.append(f"--filter={self.spec.filter}")
+        return args
 
-    def target_commit(self, git_args: list[str], git_dir: str, branch: str) -> str:
+    def fetch(self, repo: _Repo, branch: str) -> None:
+        self.git(*self.fetch_args(), "origin", _branch_refspec(branch), repo=repo, network=True)
+
+    def target_commit(self, repo: _Repo, branch: str) -> str:
         spec = self.spec
         if not spec.commit:
-            sha = self.rev(git_args, f"refs/remotes/origin/{branch}^{{commit}}")
+            sha = self.rev(repo, f"refs/remotes/origin/{branch}^{{commit}}")
             if not sha:
                 raise self.error(
                     f"branch {branch} was fetched but cannot be resolved", retryable=True
@@ -571,41 +637,48 @@ class _Session:
         wanted = spec.commit.strip().lower()
         if not _ABBREV_SHA.match(wanted):  # also keeps option-like strings away from git's argv
             raise self.error(f"{spec.commit!r} is not a commit id", retryable=False)
-        sha = self.rev(git_args, f"{wanted}^{{commit}}")
+        sha = self.rev(repo, f"{wanted}^{{commit}}")
         if not sha and _FULL_SHA.match(wanted):
             # Protocol v2 servers let us ask for any reachable commit by id.
             self.say(f"Commit {wanted} is not here yet: fetching it")
-            args = [*git_args, "fetch", "--no-tags"]
-            if spec.depth > 0:
-                args.append(f"--depth={spec.depth}")
-            if spec.filter:
-                args.append(f"--filter={spec.filter}")
-            self.git(*args, "origin", wanted, check=False)
-            sha = self.rev(git_args, f"{wanted}^{{commit}}")
-        if not sha and os.path.exists(os.path.join(git_dir, "shallow")):
+            self.git(*self.fetch_args(), "origin", wanted, repo=repo, check=False)
+            sha = self.rev(repo, f"{wanted}^{{commit}}")
+        if not sha and os.path.exists(os.path.join(repo.common_dir, "shallow")):
             self.say(f"Commit {wanted} is not in the shallow history: fetching the full history")
             self.git(
-                *git_args, "fetch", "--no-tags", "--unshallow", "origin",
-                f"+refs/heads/{branch}:refs/remotes/origin/{branch}", retryable=True,
+                *self.fetch_args(unshallow=True), "origin", _branch_refspec(branch),
+                repo=repo, network=True,
             )  # fmt: skip
-            sha = self.rev(git_args, f"{wanted}^{{commit}}")
+            sha = self.rev(repo, f"{wanted}^{{commit}}")
         if not sha:
             raise self.error(f"commit {spec.commit} was not found on the remote", retryable=False)
         return sha
 
-    def adopt(self, git_dir: str, work_dir: str) -> None:
-        """An existing repository: it must be a clone of ours, left unlocked by a killed git, and
-        carry no credentials on disk."""
+    def create_repository(self, git_dir: str, *init_args: str) -> None:
+        """`git init` (re-running it completes a half-made repository and is otherwise harmless),
+        then our config with origin, written in one rename: a kill -9 in between leaves a
+        repository with no origin, which adopt() recognises."""
+        self.git("init", "-q", *init_args)
+        self.own_config(git_dir)
+
+    def adopt(self, git_dir: str, work_dir: str, *, init_args: list[str], alone: bool) -> None:
+        """An existing repository: it must be a clone of ours and left unlocked by a killed git;
+        its config becomes ours (so no credential stays on disk in its origin URL). A blank
+        repository (see _is_blank_repository) alone in its directory is what a first deploy
+        killed between `git init` and writing origin left: there is nothing in it to destroy, so
+        it becomes ours instead of blocking every later run as "a clone of (no origin)"."""
+        if alone and _is_blank_repository(git_dir):
+            self.say(f"Adopting the empty repository an interrupted first deploy left in {git_dir}")
+            self.clear_stale_locks(git_dir, work_dir)
+            self.create_repository(git_dir, *init_args)
+            return
         self.check_origin(git_dir)
         self.clear_stale_locks(git_dir, work_dir)
-        self.fix_origin(git_dir)
+        self.own_config(git_dir)
 
-    def check_origin(self, repo_path: str) -> None:
+    def check_origin(self, git_dir: str) -> None:
         """Refuses a repository whose origin is another remote (read-only: touches nothing)."""
-        try:
-            raw = git.Repo(repo_path).remote("origin").url
-        except (ValueError, git.exc.GitError, OSError):
-            raw = ""
+        raw = _origin_url(git_dir)
         if _comparable_url(raw) != _comparable_url(self.url):
             shown = split_credentials(raw)[0] if raw else "(no origin)"
             raise self.error(
@@ -613,11 +686,6 @@ class _Session:
                 "refusing to touch it",
                 retryable=False,
             )
-
-    def fix_origin(self, git_dir: str) -> None:
-        # An operator's clone may carry a token in its origin URL: keep none on disk.
-        if git.Repo(git_dir).remote("origin").url != self.url:
-            self.git("--git-dir", git_dir, "remote", "set-url", "origin", self.url)
 
     def clear_stale_locks(self, git_dir: str, work_dir: str) -> None:
         locks = []
@@ -640,9 +708,9 @@ class _Session:
                 f"Removed stale lock {os.path.relpath(lock, work_dir)} (no git process holds it)"
             )
 
-    def list_local_changes(self, work_dir: str) -> None:
-        r = self.git("-C", work_dir, "status", "--porcelain=v1", "-z", "--untracked-files=no",
-                     check=False, quiet=True)  # fmt: skip
+    def list_local_changes(self, repo: _Repo) -> None:
+        r = self.git("status", "--porcelain=v1", "-z", "--untracked-files=no",
+                     repo=repo, check=False, quiet=True)  # fmt: skip
         entries = [e for e in r.stdout.decode("utf-8", "replace").split("\0") if e]
         changed, skip = [], False
         for entry in entries:
@@ -658,25 +726,26 @@ class _Session:
             if len(changed) > 200:
                 self.say(f"  ... and {len(changed) - 200} more")
 
-    def move_worktree(self, work_dir: str, sha: str) -> None:
-        self.list_local_changes(work_dir)
-        self.git("-C", work_dir, "checkout", "-q", "-f", "--detach", sha)
+    def move_worktree(self, repo: _Repo, sha: str) -> None:
+        self.list_local_changes(repo)
+        self.git("checkout", "-q", "-f", "--detach", sha, repo=repo)
         if self.spec.clean_untracked:
             # -d: untracked directories too; no -x: ignored files (.env, caches, node_modules,
             # uploads listed in .gitignore) are the application's data and stay.
-            self.git("-C", work_dir, "clean", "-f", "-d")
+            self.git("clean", "-f", "-d", repo=repo)
 
-    def post_deploy(self, cwd: str, branch: str, sha: str, **commits) -> int | None:
+    def post_deploy(self, cwd: str, branch: str, sha: str, *, deployed_commit: str) -> int | None:
+        """Runs the command in cwd; deployed_commit is what a failure reports as deployed."""
         spec = self.spec
         if not spec.post_deploy_command.strip():
             return None
-        env = _clean_environ()
+        env = scrubbed_environ()
         env.update(spec.post_deploy_env)
         env.update(
             GITDEPLOY_BRANCH=branch, GITDEPLOY_COMMIT=sha, GITDEPLOY_PREVIOUS_COMMIT=self.previous
         )
         self.say(f"$ {spec.post_deploy_command}  (in {cwd})")
-        result = _run(
+        result = process.run(
             ["/bin/sh", "-c", spec.post_deploy_command],
             cwd=cwd,
             env=env,
@@ -687,28 +756,36 @@ class _Session:
         if result.dropped:
             self.say(
                 f"[post-deploy output truncated: first {result.dropped} bytes dropped, "
-                f"last {OUTPUT_CAP} bytes kept]"
+                f"last {process.OUTPUT_CAP} bytes kept]"
             )
         output = result.stdout.decode("utf-8", "replace").rstrip("\n")
         if output:
             self.say(output)
         code = result.returncode
         if result.timed_out:
-            raise self.error(
-                f"post-deploy command timed out after {spec.post_deploy_timeout:g}s and was killed",
-                retryable=False,
-                post_deploy_exit_code=code,
-                **commits,
-            )
-        self.say(f"post-deploy command exited with {code}")
-        if code != 0:
-            raise self.error(
-                f"post-deploy command failed with exit code {code}",
-                retryable=False,
-                post_deploy_exit_code=code,
-                **commits,
-            )
-        return code
+            timeout = spec.post_deploy_timeout
+            failure = f"post-deploy command timed out after {timeout:g}s and was killed"
+        else:
+            self.say(f"post-deploy command exited with {code}")
+            if code == 0:
+                return code
+            failure = f"post-deploy command failed with exit code {code}"
+        raise self.error(
+            failure,
+            retryable=False,
+            deployed_commit=deployed_commit,
+            post_deploy_exit_code=code,
+        )
+
+
+def _branch_refspec(branch: str) -> str:
+    return f"+refs/heads/{branch}:refs/remotes/origin/{branch}"
+
+
+def _worth_retrying(stderr: str) -> bool:
+    """Whether a failed fetch or ls-remote may succeed later (remote down, auth refused, ...). Not
+    when the remote answered that the branch does not exist: a person has to fix the config."""
+    return "couldn't find remote ref" not in stderr
 
 
 def _subcommand(args: tuple[str, ...]) -> str:
@@ -716,7 +793,7 @@ def _subcommand(args: tuple[str, ...]) -> str:
     for arg in args:
         if skip_next:
             skip_next = False
-        elif arg in ("-C", "--git-dir", "-c"):
+        elif arg in ("-C", "--git-dir", "--work-tree", "-c"):
             skip_next = True
         elif not arg.startswith("-"):
             return arg
@@ -749,6 +826,27 @@ def _git_processes_in(work_dir: str, locks: list[str]) -> list[tuple[int, str]]:
     return found
 
 
+def _is_blank_repository(git_dir: str) -> bool:
+    """A repository with no remote, no ref and no object (read-only: files only, no git)."""
+    for part in ("objects", "refs"):
+        for _root, _dirs, files in os.walk(os.path.join(git_dir, part)):
+            if files:
+                return False
+    if os.path.exists(os.path.join(git_dir, "packed-refs")):
+        return False
+    if not os.path.exists(os.path.join(git_dir, "config")):
+        return True
+    try:
+        found = _read_config(git_dir)
+    except OSError:  # unreadable: we cannot tell it is blank
+        return False
+    return not any(section == "remote" for section, *_rest in found)
+
+
+def _holds_no_release(target: str) -> bool:
+    return not any(os.path.lexists(os.path.join(target, name)) for name in ("releases", "current"))
+
+
 def _is_empty_dir(path: str) -> bool:
     with os.scandir(path) as entries:
         return next(entries, None) is None
@@ -761,43 +859,32 @@ def _is_empty_dir(path: str) -> bool:
 def _sync_inplace(s: _Session) -> SyncResult:
     target = s.spec.target_dir
     dot_git = os.path.join(target, ".git")
-    created_target = created_git = False
+    created: list[str] = []
     if not os.path.exists(target):
         os.makedirs(target)
-        created_target = True
+        created.append(target)
     elif not os.path.isdir(target):
         raise s.error(f"{target} exists and is not a directory", retryable=False)
-    if os.path.isdir(dot_git):
-        s.adopt(dot_git, target)
+    if os.path.isdir(dot_git) and not os.path.islink(dot_git):
+        s.adopt(dot_git, target, init_args=[target], alone=os.listdir(target) == [".git"])
         s.previous = current_commit(target, "inplace")
         s.say(f"Existing clone at {s.previous or '(no commit yet)'}")
     elif _is_empty_dir(target):
         # An existing empty directory is often a Docker volume's mount point: it must stay (it
         # cannot be renamed or replaced), so init + fetch + checkout in place, not `git clone`.
         s.say(f"First deploy: initialising a repository in {target}")
-        s.git("init", "-q", target)
-        s.git("-C", target, "remote", "add", "origin", s.url)
-        created_git = True
+        created.append(dot_git)
+        s.create_repository(dot_git, target)
     else:
         raise s.error(
             f"{target} is not empty and is not a git clone; refusing to touch it", retryable=False
         )
-    git_args = ["-C", target]
-    try:
-        branch = s.resolve_branch()
-        s.fetch(git_args, branch)
-        sha = s.target_commit(git_args, dot_git, branch)
-    except SyncError:
-        if created_git:  # the directory was empty: give it back empty
-            shutil.rmtree(dot_git, ignore_errors=True)
-        if created_target:
-            with contextlib.suppress(OSError):
-                os.rmdir(target)
-        raise
+    repo = _Repo(dot_git, dot_git, target)
+    branch, sha = s.fetch_target(repo, created=created)
     s.say(f"Deploying {sha} (branch {branch}, previous {s.previous or 'none'})")
-    s.move_worktree(target, sha)
+    s.move_worktree(repo, sha)
     code = s.post_deploy(target, branch, sha, deployed_commit=sha)
-    return SyncResult(branch, s.previous, sha, code, "", target)
+    return SyncResult(branch, s.previous, sha, code, target)
 
 
 def _sync_atomic(s: _Session) -> SyncResult:
@@ -806,47 +893,46 @@ def _sync_atomic(s: _Session) -> SyncResult:
     state_dir = os.path.join(target, ".gitdeploy")
     store = os.path.join(state_dir, "repo.git")
     releases = os.path.join(target, "releases")
-    created_store = False
+    created: list[str] = []
     if os.path.exists(target) and not os.path.isdir(target):
         raise s.error(f"{target} exists and is not a directory", retryable=False)
     if os.path.isdir(store):
-        s.adopt(store, target)
+        s.adopt(store, target, init_args=["--bare", store], alone=_holds_no_release(target))
         s.previous = current_commit(target, "atomic")
         s.say(f"Existing release store; current is {s.previous or '(none)'}")
     elif not os.path.exists(target) or _is_empty_dir(target):
         s.say(f"First deploy: creating the release store in {state_dir}")
+        created.append(state_dir if os.path.exists(target) else target)
         os.makedirs(state_dir, exist_ok=True)
-        s.git("init", "-q", "--bare", store)
-        s.git("--git-dir", store, "remote", "add", "origin", s.url)
-        created_store = True
+        s.create_repository(store, "--bare", store)
     else:
         raise s.error(
             f"{target} is not empty and holds no gitdeploy release store (.gitdeploy/repo.git); "
             "refusing to touch it",
             retryable=False,
         )
-    git_args = ["--git-dir", store]
-    try:
-        branch = s.resolve_branch()
-        s.fetch(git_args, branch)
-        sha = s.target_commit(git_args, store, branch)
-    except SyncError:
-        if created_store:
-            shutil.rmtree(state_dir, ignore_errors=True)
-        raise
+    store_repo = _Repo(store, store)
+    branch, sha = s.fetch_target(store_repo, created=created)
     s.say(f"Deploying {sha} (branch {branch}, previous {s.previous or 'none'})")
 
     release = os.path.join(releases, sha)
     os.makedirs(releases, exist_ok=True)
-    if os.path.isdir(release) and s.rev(["-C", release], "HEAD"):
+    # The release's own `.git` file is the application's to rewrite: git is told its worktree
+    # directory in the store instead (`worktree add` names it after the release).
+    release_repo = _Repo(os.path.join(store, "worktrees", sha), store, release)
+    if (
+        os.path.isdir(release)
+        and os.path.isdir(release_repo.git_dir)
+        and s.rev(release_repo, "HEAD")
+    ):
         s.say(f"Reusing releases/{sha}")
-        s.move_worktree(release, sha)
+        s.move_worktree(release_repo, sha)
     else:
         if os.path.lexists(release):  # a half-made release from an interrupted run
             s.say(f"Removing incomplete releases/{sha}")
             shutil.rmtree(release, ignore_errors=True)
-        s.git(*git_args, "worktree", "prune")
-        s.git(*git_args, "worktree", "add", "-q", "--detach", release, sha)
+        s.git("worktree", "prune", repo=store_repo)
+        s.git("worktree", "add", "-q", "--detach", release, sha, repo=store_repo)
     os.utime(release)  # retention keeps the most recently deployed releases
 
     code = s.post_deploy(release, branch, sha, deployed_commit="")
@@ -862,11 +948,11 @@ def _sync_atomic(s: _Session) -> SyncResult:
             os.unlink(tmp_link)
         raise s.error(f"cannot switch {link}: {exc}", retryable=False) from None
     s.say(f"current -> releases/{sha}")
-    _prune_releases(s, store, releases, keep={sha, current_commit(target, "atomic")})
-    return SyncResult(branch, s.previous, sha, code, "", release)
+    _prune_releases(s, store_repo, releases, keep={sha, current_commit(target, "atomic")})
+    return SyncResult(branch, s.previous, sha, code, release)
 
 
-def _prune_releases(s: _Session, store: str, releases: str, keep: set[str]) -> None:
+def _prune_releases(s: _Session, store: _Repo, releases: str, keep: set[str]) -> None:
     entries = []
     for entry in os.scandir(releases):
         if entry.is_dir(follow_symlinks=False):
@@ -881,7 +967,7 @@ def _prune_releases(s: _Session, store: str, releases: str, keep: set[str]) -> N
             shutil.rmtree(os.path.join(releases, name), ignore_errors=True)
             removed = True
     if removed:
-        s.git("--git-dir", store, "worktree", "prune")
+        s.git("worktree", "prune", repo=store)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -890,14 +976,16 @@ def _prune_releases(s: _Session, store: str, releases: str, keep: set[str]) -> N
 def sync(
     spec: SyncSpec,
     *,
-    log: Callable[[str], None] = _print_log,
-    heartbeat: Callable[[], None] = _noop,
+    log: Callable[[str], None] = _discard,
+    heartbeat: Callable[[], None] = _no_heartbeat,
 ) -> SyncResult:
     """Brings spec.target_dir to the tip of spec.branch as fetched now (or to spec.commit exactly),
     then runs the post-deploy command. Call it while holding repository_lock() for the repository.
 
-    log receives each (redacted) log line as it happens; heartbeat is called about once a second
-    while git or the post-deploy command runs. Raises SyncError (redacted message and log).
+    log is called once per log line, as it happens, with the line already redacted (no trailing
+    newline; sync keeps no copy). heartbeat is called about once a second while git or the
+    post-deploy command runs; an exception it raises kills the command and propagates. Raises
+    SyncError (redacted message) when the sync does not complete.
     """
     session = None
     try:
@@ -912,19 +1000,12 @@ def sync(
             raise session.error(f"unknown deploy mode {spec.deploy_mode!r}", retryable=False)
         session.say(f"Sync {session.url} into {spec.target_dir} ({spec.deploy_mode})")
         if spec.deploy_mode == "atomic":
-            result = _sync_atomic(session)
-        else:
-            result = _sync_inplace(session)
-        result.log = "\n".join(session.lines)
-        return result
-    except (
-        OSError,
-        git.exc.GitError,
-    ) as exc:  # a file system problem (permissions, disk full, ...)
-        secrets = session.secrets if session else [spec.token, split_credentials(spec.clone_url)[2]]
+            return _sync_atomic(session)
+        return _sync_inplace(session)
+    except (OSError, git.exc.GitError) as exc:  # a file system problem (permissions, disk full)
         message = f"{type(exc).__name__}: {exc}"
         if session is None:
-            raise SyncError(redact(message, secrets), retryable=False) from None
+            raise SyncError(redact(message, _secrets_of(spec)), retryable=False) from None
         raise session.error(message, retryable=False) from None
     finally:
         if session is not None:

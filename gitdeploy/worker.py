@@ -36,8 +36,8 @@ from django.utils import timezone
 from django_tasks import TaskResultStatus
 from django_tasks_db.management.commands.db_worker import Worker
 
-from gitdeploy import sync
-from gitdeploy.models import TASKS_CHANNEL, Repository, SyncRun, redact_url
+from gitdeploy import redaction, sync
+from gitdeploy.models import TASKS_CHANNEL, Repository, SyncRun
 
 logger = logging.getLogger(__name__)
 
@@ -99,14 +99,10 @@ def lock_path(repository: Repository) -> Path:
     return Path(settings.LOCK_DIR) / f"repository-{repository.pk}.lock"
 
 
-def secrets_of(repository: Repository) -> list[str]:
-    values = [repository.webhook_secret, settings.WEBHOOK_SECRET, settings.GIT_TOKEN]
-    return [value for value in values if value]
-
-
-def spec_for(run: SyncRun) -> sync.SyncSpec:
+def spec_for(run: SyncRun, secrets: tuple[str, ...] = ()) -> sync.SyncSpec:
     """Everything the sync needs comes from the Repository row and the settings, never from a
-    request: the webhook only ever contributes the commit it named, and only for a pinned run."""
+    request: the webhook only ever contributes the commit it named, and only for a pinned run.
+    `secrets` are hidden by sync in every line it logs (it knows the token and URL already)."""
     repository = run.repository
     from_env = repository.managed_by_env
     return sync.SyncSpec(
@@ -129,21 +125,26 @@ def spec_for(run: SyncRun) -> sync.SyncSpec:
         token=settings.GIT_TOKEN if from_env else "",
         ssh_key_file=repository.ssh_key_file,
         ssh_known_hosts_file=settings.GIT_SSH_KNOWN_HOSTS_FILE,
+        secrets=secrets,
     )
 
 
 class RunLog:
-    """Collects the run's log lines, redacted, and lets the lease renewal publish them so the
-    admin shows a sync's progress while it runs."""
+    """The run's one log: timestamped lines, published with each lease renewal so the admin shows
+    a sync's progress while it runs. Each line is redacted once: the worker's own lines here,
+    sync's lines by sync itself (they arrive through `synced`, already redacted)."""
 
-    def __init__(self, secrets: list[str]):
+    def __init__(self, secrets: tuple[str, ...]):
         self.secrets = secrets
         self.lines: list[str] = []
 
     def __call__(self, line: str) -> None:
+        self.synced(redaction.redact(str(line), self.secrets))
+
+    def synced(self, line: str) -> None:
         stamp = timezone.now().strftime("%H:%M:%S")
-        for part in str(line).rstrip("\n").split("\n"):
-            self.lines.append(f"{stamp} {sync.redact(part, self.secrets)}")
+        for part in line.rstrip("\n").split("\n"):
+            self.lines.append(f"{stamp} {part}")
 
     def text(self) -> str:
         text = "\n".join(self.lines) + ("\n" if self.lines else "")
@@ -221,19 +222,19 @@ def execute_run(run_id: int, *, worker_id: str) -> SyncRun | None:
 
 def _perform(run: SyncRun) -> None:
     repository = run.repository
-    log = RunLog(secrets_of(repository))
+    log = RunLog(repository.secrets())
     trigger = run.get_trigger_display()
     who = f" by {run.triggered_by_label}" if run.triggered_by_label else ""
     log(f"sync run #{run.pk} (attempt {run.attempt}, {trigger}{who}) on worker {run.worker_id}")
     log(
-        f"repository {repository.slug}: {redact_url(repository.clone_url)} "
+        f"repository {repository.slug}: {repository.display_clone_url} "
         f"branch {repository.branch or '(remote default)'} -> {repository.target_dir}"
     )
     if run.pin_commit:
         log(f"deploying exactly {run.requested_commit}")
     keeper = LeaseKeeper(run, log)
     try:
-        result = sync.sync(spec_for(run), log=log, heartbeat=keeper)
+        result = sync.sync(spec_for(run, log.secrets), log=log.synced, heartbeat=keeper)
     except sync.SyncError as exc:
         log(f"FAILED: {exc}")
         failure = exc  # the except clause unbinds exc; the retries below still need it
@@ -241,7 +242,7 @@ def _perform(run: SyncRun) -> None:
             lambda: run.finish(
                 succeeded=False,
                 log=log.text(),
-                error=sync.redact(str(failure), log.secrets),
+                error=failure.message,  # redacted by sync
                 previous_commit=failure.previous_commit,
                 deployed_commit=failure.deployed_commit,
                 post_deploy_exit_code=failure.post_deploy_exit_code,
@@ -254,7 +255,7 @@ def _perform(run: SyncRun) -> None:
     except Exception as exc:  # a bug must not leave the run 'running' until its lease expires
         log("FAILED with an unexpected error:")
         log(traceback.format_exc())
-        error = sync.redact(repr(exc), log.secrets)
+        error = redaction.redact(repr(exc), log.secrets)
         until_recorded(
             lambda: run.finish(succeeded=False, log=log.text(), error=error),
             what=f"SyncRun {run.pk} result",

@@ -802,12 +802,6 @@ def test_sanitize_headers_removes_secrets_but_shows_they_were_sent():
     assert clean["X-Gitlab-Event"] == "Push Hook"
     assert "topsecret" not in json.dumps(clean)
     assert headers["X-Gitlab-Token"] == "topsecret"  # the caller's mapping is untouched
-    assert providers.SECRET_HEADERS == {
-        "x-gitlab-token",
-        "authorization",
-        "cookie",
-        "proxy-authorization",
-    }
 
 
 def test_signatures_are_kept_when_sanitizing():

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gitdeploy.sync import SyncError, current_commit, redact
+from gitdeploy.sync import SyncError, current_commit
 from tests.gitservers import GIT_ENV, Remote, deploy, git, run_git_daemon
 
 # Fixtures (remote, git_daemon, hung_server, ...) come from tests.gitservers, loaded as a plugin
@@ -370,9 +370,45 @@ def test_file_system_errors_become_sync_errors(remote, tmp_path):
     assert "NotADirectoryError" in caught.value.message
 
 
-def test_redact_strips_url_credentials_and_secrets():
-    text = "fetch https://bob:hunter2@example.com/x.git and http://tok3n@h/y token=abc123XYZ ok"
-    out = redact(text, ["abc123XYZ"])
-    assert out == "fetch https://example.com/x.git and http://h/y token=*** ok"
-    assert redact("ssh://git@host/x.git", []) == "ssh://git@host/x.git"
-    assert redact("ssh://git:pw@host/x.git", []) == "ssh://host/x.git"
+def test_a_first_deploy_killed_between_init_and_remote_add_is_adopted(remote, tmp_path):
+    # What `kill -9` after `git init` leaves in a volume: a repository with no origin, no object.
+    target = tmp_path / "volume"
+    target.mkdir()
+    git("init", "-q", str(target))
+
+    result = deploy(remote.url, target)
+
+    assert result.deployed_commit == remote.tip() == head(target)
+    assert git("config", "remote.origin.url", cwd=target) == remote.url
+    assert "Adopting the empty repository" in result.log
+
+
+def test_a_repository_without_origin_but_with_commits_is_still_refused(remote, tmp_path):
+    target = tmp_path / "site"
+    target.mkdir()
+    git("init", "-q", str(target))
+    (target / "notes.txt").write_text("mine")
+    git("add", "notes.txt", cwd=target)
+    git("commit", "-q", "-m", "someone's own work", cwd=target)
+    before = snapshot(target)
+
+    with pytest.raises(SyncError) as caught:
+        deploy(remote.url, target)
+
+    assert not caught.value.retryable
+    assert "holds a clone of (no origin)" in caught.value.message
+    assert snapshot(target) == before
+
+
+def test_an_empty_repository_beside_other_files_is_still_refused(remote, tmp_path):
+    # No commit, but files of somebody's that a checkout could overwrite.
+    target = tmp_path / "site"
+    target.mkdir()
+    git("init", "-q", str(target))
+    (target / "README.md").write_text("not yours")
+
+    with pytest.raises(SyncError) as caught:
+        deploy(remote.url, target)
+
+    assert "holds a clone of (no origin)" in caught.value.message
+    assert (target / "README.md").read_text() == "not yours"

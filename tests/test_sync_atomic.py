@@ -116,3 +116,29 @@ def test_foreign_directory_is_refused_in_atomic_mode(remote, tmp_path):
 
     assert not caught.value.retryable
     assert os.listdir(target) == ["index.html"]
+
+
+def test_a_release_store_killed_between_init_and_remote_add_is_adopted(remote, tmp_path):
+    target = tmp_path / "volume"
+    store = target / ".gitdeploy" / "repo.git"
+    store.parent.mkdir(parents=True)
+    git("init", "-q", "--bare", str(store))
+
+    result = deploy(remote.url, target, deploy_mode="atomic")
+
+    assert result.deployed_commit == remote.tip()
+    assert os.readlink(target / "current") == f"releases/{remote.tip()}"
+    assert git("config", "remote.origin.url", cwd=store) == remote.url
+
+
+def test_a_release_store_without_origin_but_with_commits_is_still_refused(remote, tmp_path):
+    target = tmp_path / "site"
+    store = target / ".gitdeploy" / "repo.git"
+    git("clone", "-q", "--bare", remote.url, str(store))
+    git("remote", "remove", "origin", cwd=store)
+
+    with pytest.raises(SyncError) as caught:
+        deploy(remote.url, target, deploy_mode="atomic")
+
+    assert "holds a clone of (no origin)" in caught.value.message
+    assert not (target / "releases").exists()

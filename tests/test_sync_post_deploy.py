@@ -5,7 +5,8 @@ import time
 
 import pytest
 
-from gitdeploy.sync import OUTPUT_CAP, SyncError
+from gitdeploy.process import OUTPUT_CAP
+from gitdeploy.sync import SyncError
 from tests.gitservers import deploy, git
 
 
@@ -57,15 +58,22 @@ def test_runs_in_its_own_session(remote, tmp_path):
 def test_failure_is_not_retryable_and_records_the_exit_code(remote, tmp_path):
     target = tmp_path / "site"
     new = remote.tip()
+    lines = []
 
     with pytest.raises(SyncError) as caught:
-        deploy(remote.url, target, post_deploy_command="echo building; echo boom >&2; exit 3")
+        deploy(
+            remote.url,
+            target,
+            lines=lines,
+            post_deploy_command="echo building; echo boom >&2; exit 3",
+        )
 
     error = caught.value
     assert not error.retryable
     assert error.post_deploy_exit_code == 3
     assert "exit code 3" in error.message
-    assert "building" in error.log and "boom" in error.log
+    log = "\n".join(lines)
+    assert "building" in log and "boom" in log
     # In place, the tree has moved already: the error says so.
     assert error.deployed_commit == new == git("rev-parse", "HEAD", cwd=target)
 

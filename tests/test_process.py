@@ -1,0 +1,111 @@
+"""gitdeploy.process: one command in its own session, its whole group killed on timeout or when the
+heartbeat raises, a bounded output tail, heartbeats while waiting. Real processes; no git."""
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from gitdeploy import process
+
+
+def run(script: str, **options) -> process.Completed:
+    options.setdefault("timeout", 30)
+    options.setdefault("heartbeat", lambda: None)
+    return process.run(["/bin/sh", "-c", script], cwd=None, env=dict(os.environ), **options)
+
+
+def gone(pid: int, within: float = 3.0) -> bool:
+    """True once pid no longer runs (a zombie waiting for init to reap it counts as gone)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                if stat.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_output_exit_code_and_separate_streams():
+    result = run("echo out; echo err >&2; exit 3")
+    assert (result.returncode, result.stdout, result.stderr) == (3, b"out\n", b"err\n")
+    assert not result.timed_out and result.dropped == 0
+
+
+def test_merged_output_keeps_the_order():
+    result = run("echo one; echo two >&2; echo three", merge_output=True)
+    assert result.stdout == b"one\ntwo\nthree\n" and result.stderr == b""
+
+
+def test_runs_in_its_own_session_with_stdin_closed():
+    result = run('python3 -c "import os, sys; print(os.getsid(0), repr(sys.stdin.read()))"')
+    sid, stdin = result.stdout.decode().split()
+    assert int(sid) != os.getsid(0)
+    assert stdin == "''"
+
+
+def test_timeout_kills_the_whole_group_and_leaves_no_orphan(tmp_path):
+    pid_file = tmp_path / "child.pid"
+    start = time.monotonic()
+
+    result = run(f"sleep 60 & echo $! > {pid_file}; wait", timeout=1)
+
+    assert time.monotonic() - start < 1 + process.KILL_GRACE + 2
+    assert result.timed_out
+    assert result.returncode < 0  # killed by a signal
+    assert gone(int(pid_file.read_text()))
+
+
+def test_a_group_that_ignores_sigterm_gets_sigkill_after_the_grace(tmp_path):
+    ready = tmp_path / "ready"
+    proc = subprocess.Popen(
+        ["/bin/sh", "-c", f"trap '' TERM; touch {ready}; while :; do sleep 0.1; done"],
+        start_new_session=True,
+    )
+    while not ready.exists():
+        time.sleep(0.01)
+    start = time.monotonic()
+
+    process.kill_group(proc, grace=0.5)
+
+    assert 0.5 <= time.monotonic() - start < 3
+    assert proc.returncode == -signal.SIGKILL
+
+
+def test_output_keeps_the_tail_under_the_cap():
+    result = run("head -c 5000 /dev/zero | tr '\\0' a; echo THE-END", output_cap=1000)
+    assert len(result.stdout) == 1000
+    assert result.stdout.endswith(b"aTHE-END\n")
+    assert result.dropped == 5000 + len(b"THE-END\n") - 1000
+
+
+def test_heartbeat_is_called_while_waiting():
+    beats = []
+    run("sleep 2.5", heartbeat=lambda: beats.append(time.monotonic()))
+    assert len(beats) >= 3
+    assert max(b - a for a, b in zip(beats, beats[1:], strict=False)) <= 2
+
+
+class LeaseLost(Exception):
+    pass
+
+
+def test_an_exception_from_the_heartbeat_kills_the_group_and_propagates(tmp_path):
+    pid_file = tmp_path / "child.pid"
+    calls = []
+
+    def heartbeat():
+        calls.append(1)
+        if pid_file.exists() and pid_file.read_text().strip():
+            raise LeaseLost
+
+    with pytest.raises(LeaseLost):
+        run(f"sleep 60 & echo $! > {pid_file}; wait", heartbeat=heartbeat)
+
+    assert len(calls) <= 4  # stopped at the first beat after the child was there
+    assert gone(int(pid_file.read_text()))
