@@ -173,10 +173,17 @@ def test_sigterm_to_an_idle_worker_never_ends_in_a_traceback(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
-    # Different moments of the poll loop: the 0.05 s sleep or a query.
-    time.sleep(1.5 + attempt * 0.013)
+    # Once its loop runs (before that, SIGTERM's default action ends it: not what is tested),
+    # at different moments of the poll loop: the 0.05 s sleep or a query.
+    assert proc.stdout is not None
+    started = b""
+    while b"Starting worker" not in started:
+        line = proc.stdout.readline()
+        assert line, started  # it exited before starting its loop
+        started += line
+    time.sleep(0.5 + attempt * 0.013)
     proc.send_signal(signal.SIGTERM)
     output, _ = proc.communicate(timeout=15)
-    text = output.decode(errors="replace")
+    text = (started + output).decode(errors="replace")
     assert proc.returncode == 0, text
     assert "Traceback" not in text and "Error" not in text, text
