@@ -57,14 +57,13 @@ run: migrate
 	@echo "gitdeploy on http://$(HOST):$(PORT)/  (admin: /admin/, webhook: /hooks/<slug>/ or $${API_ENDPOINT:-/api/webhook})"
 	@trap 'stopping=1' INT; trap 'stopping=1; kill -TERM $$web $$worker 2>/dev/null' TERM; \
 	$(BIN)/python manage.py db_worker & worker=$$!; \
-	$(BIN)/gunicorn project.wsgi:application --bind $(HOST):$(PORT) --workers $(WEB_CONCURRENCY) \
-		--access-logfile - & web=$$!; \
+	WEB_BIND=$(HOST):$(PORT) WEB_CONCURRENCY=$(WEB_CONCURRENCY) $(BIN)/gunicorn & web=$$!; \
 	wait -n $$web $$worker; status=$$?; \
 	[ -n "$${stopping:-}" ] || kill -TERM $$web $$worker 2>/dev/null; \
 	wait; exit $$status
 
 web: migrate
-	$(BIN)/gunicorn project.wsgi:application --bind $(HOST):$(PORT) --workers $(WEB_CONCURRENCY) --access-logfile -
+	WEB_BIND=$(HOST):$(PORT) WEB_CONCURRENCY=$(WEB_CONCURRENCY) $(BIN)/gunicorn
 
 worker: migrate
 	$(BIN)/python manage.py db_worker
