@@ -5,8 +5,9 @@ and the README run plain `manage.py db_worker`): only the gitdeploy queue, poll 
 a queued run starts within 0.1 s, no random start-up delay, and no auto-reloader (DEBUG would
 otherwise restart the worker mid-sync when a file changes). Any of them can still be given.
 
-The monitor (gitdeploy.worker.WorkerMonitor) records a heartbeat for /api/ready and recovers
-SyncRuns whose worker died.
+The monitor (gitdeploy.worker.WorkerMonitor) records a heartbeat for /api/ready, queues the
+initial sync of every repository nothing was deployed to yet, and recovers SyncRuns whose worker
+died; a clean stop removes the heartbeat row.
 """
 
 from django.conf import settings
@@ -33,4 +34,4 @@ class Command(db_worker.Command):
         try:
             super().handle(*args, **options)
         finally:
-            monitor.stopped.set()
+            monitor.stop()
