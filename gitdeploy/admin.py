@@ -288,8 +288,7 @@ class SyncRunInline(ReadOnlyInline):
         "trigger",
         "who",
         "commits",
-        "queued_at",
-        "finished_at",
+        "queued_time",
         "duration_display",
     )
     ordering = ["-queued_at", "-pk"]
@@ -310,6 +309,10 @@ class SyncRunInline(ReadOnlyInline):
     @admin.display(description="previous → deployed")
     def commits(self, run):
         return run_commits_html(run, getattr(run, "provider_hint", "") or "")
+
+    @admin.display(description="queued")
+    def queued_time(self, run):
+        return time_html(run.queued_at)
 
     @admin.display(description="duration")
     def duration_display(self, run):
@@ -583,7 +586,7 @@ class DeliveryInline(ReadOnlyInline):
     verbose_name_plural = "deliveries served by this run"
     fields = readonly_fields = (
         "delivery_link",
-        "received_at",
+        "received_time",
         "provider",
         "event",
         "ref",
@@ -601,13 +604,16 @@ class DeliveryInline(ReadOnlyInline):
     def after_short(self, delivery):
         return short_sha(delivery.after) or "—"
 
+    @admin.display(description="received")
+    def received_time(self, delivery):
+        return time_html(delivery.received_at)
+
 
 @admin.register(SyncRun)
 class SyncRunAdmin(TriggerMixin, ReadOnlyAdmin):
     # Fits 1366 px: the start and finish times are on the run's page, the duration is here.
     list_display = [
         "run_id",
-        "status_display",
         "repository",
         "commits_list",
         "trigger_display",
@@ -676,7 +682,7 @@ class SyncRunAdmin(TriggerMixin, ReadOnlyAdmin):
 
     @admin.display(description="run", ordering="pk")
     def run_id(self, run):
-        return f"#{run.pk}"
+        return format_html("#{}<br>{}", run.pk, self.status_display(run))
 
     @admin.display(description="status", ordering="status")
     def status_display(self, run):
@@ -1119,21 +1125,24 @@ _superuser_only_task_admin()
 
 @admin.register(WorkerHeartbeat)
 class WorkerHeartbeatAdmin(ReadOnlyAdmin):
-    list_display = ["worker_id", "hostname", "pid", "started_at", "seen_at", "age", "alive"]
+    list_display = ["worker_id", "hostname", "pid", "started_time", "seen_time", "alive"]
     fields = readonly_fields = (
         "worker_id",
         "hostname",
         "pid",
-        "started_at",
-        "seen_at",
-        "age",
+        "started_time",
+        "seen_time",
         "alive",
     )
     ordering = ["-seen_at"]
 
-    @admin.display(description="last seen")
-    def age(self, heartbeat):
-        return format_duration(timezone.now() - heartbeat.seen_at) + " ago"
+    @admin.display(description="started", ordering="started_at")
+    def started_time(self, heartbeat):
+        return time_html(heartbeat.started_at)
+
+    @admin.display(description="last seen", ordering="seen_at")
+    def seen_time(self, heartbeat):
+        return time_html(heartbeat.seen_at)
 
     @admin.display(description="alive", boolean=True)
     def alive(self, heartbeat):
