@@ -567,7 +567,10 @@ class RepositoryAdmin(TriggerMixin, admin.ModelAdmin):
         response["Cache-Control"] = "no-store"
         return response
 
-    @admin.action(description="Redeploy the selected repositories", permissions=["trigger_deploy"])
+    @admin.action(
+        description="Deploy latest: the branch tip of the selected repositories",
+        permissions=["trigger_deploy"],
+    )
     def redeploy_selected(self, request, queryset):
         for repository in queryset:
             self._redeploy(request, repository)
@@ -895,7 +898,8 @@ class SyncRunAdmin(TriggerMixin, ReadOnlyAdmin):
         return self._run_action(request, object_id, self._rollback_before)
 
     @admin.action(
-        description="Redeploy the repositories of the selected runs", permissions=["trigger_deploy"]
+        description="Deploy latest: the branch tip of the selected runs' repositories",
+        permissions=["trigger_deploy"],
     )
     def redeploy_selected(self, request, queryset):
         repository_ids = set(queryset.values_list("repository_id", flat=True))

@@ -76,3 +76,22 @@ def test_admin_pages_show_the_commit_on_disk_and_the_failure(client, failed_post
         page = client.get(url).content.decode()
         assert new[:12] in page, url
         assert "post-deploy failed" in page, url
+
+
+def test_atomic_mode_keeps_the_old_release_live_when_post_deploy_fails(
+    client, make_repository, remote
+):
+    repository = make_repository(clone_url=remote.url, deploy_mode="atomic")
+    first = deploy_now(repository)
+    assert first.status == "succeeded", first.log
+    new = remote.commit({"app.txt": "v2\n"}, "Not switched to")
+    Repository.objects.filter(pk=repository.pk).update(post_deploy_command="exit 3")
+    second = deploy_now(Repository.objects.get(pk=repository.pk))
+    assert second.status == "failed"
+    repository.refresh_from_db()
+    # `current` did not switch: the old release is what is live, and it did not fail.
+    assert (repository.live_commit, repository.live_run_id) == (first.deployed_commit, first.pk)
+    page = client.get("/").content.decode()
+    live = page.split("Recent runs")[0]
+    assert first.deployed_commit[:12] in live and new[:12] not in live
+    assert "post-deploy failed" not in live and "failed" in live
