@@ -984,9 +984,10 @@ class DeliveryAdmin(TriggerMixin, ReadOnlyAdmin):
 
     @admin.display(description="event", ordering="event")
     def event_display(self, delivery):
-        return format_html(
-            '{}<br><span class="gd-muted">{}</span>', delivery.event or "—", delivery.provider
-        )
+        source = delivery.provider
+        if delivery.redelivery_of_id:
+            source = f"{source}, redelivered" if source else "redelivered"
+        return format_html('{}<br><span class="gd-muted">{}</span>', delivery.event or "—", source)
 
     @admin.display(description="redelivery of")
     def redelivery_of_link(self, delivery):

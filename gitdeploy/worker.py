@@ -179,7 +179,7 @@ def _perform(run: SyncRun) -> None:
         # sync has logged the error itself ("ERROR: ..."): say only what happens next.
         retry_after = _retry_delay(run) if exc.retryable else None
         if not exc.retryable:
-            log("FAILED: this error needs a change of configuration; not retried")
+            log("FAILED: trying again cannot fix this; not retried")
         elif retry_after is None:
             log(f"FAILED: {run.attempt_label()} was the last; not retried")
         else:

@@ -90,6 +90,8 @@ def test_delivery_page_shows_request_and_response_and_redelivers(client, operato
     )
     assert f"Redelivered as delivery #{new.pk}: answered 202 queued" in response.content.decode()
     assert TEST_SECRET not in response.content.decode()
+    listing = client.get(reverse("admin:gitdeploy_delivery_changelist")).content.decode()
+    assert listing.count("github, redelivered") == 1
 
 
 def test_redeliver_needs_the_trigger_permission(client, make_repository):

@@ -109,7 +109,7 @@ def test_a_failure_no_retry_can_fix_is_not_retried(make_repository, remote, tmp_
     run.refresh_from_db()
     assert run.status == SyncRun.Status.FAILED, run.log
     assert not SyncRun.objects.filter(status=SyncRun.Status.QUEUED).exists(), run.log
-    assert "needs a change of configuration; not retried" in run.log
+    assert "FAILED: trying again cannot fix this; not retried" in run.log
     # The error is in the log once, not as ERROR and then again as FAILED.
     assert run.log.count(run.error.splitlines()[0]) == 1, run.log
 
