@@ -665,7 +665,7 @@ class SyncRunAdmin(TriggerMixin, ReadOnlyAdmin):
                     "finished_time",
                     "duration_display",
                     "worker_id",
-                    "lease_expires_at",
+                    "lease_time",
                 ]
             },
         ),
@@ -735,6 +735,10 @@ class SyncRunAdmin(TriggerMixin, ReadOnlyAdmin):
     @admin.display(description="finished")
     def finished_time(self, run):
         return time_html(run.finished_at)
+
+    @admin.display(description="lease expires")
+    def lease_time(self, run):
+        return time_html(run.lease_expires_at) if run.lease_expires_at else "—"
 
     @admin.display(description="attempt")
     def attempt_display(self, run):
@@ -872,7 +876,19 @@ class SyncRunAdmin(TriggerMixin, ReadOnlyAdmin):
                 "error": scrub(run.error, run.repository),
                 "log": log[-LOG_TAIL_CHARS:],
                 "log_truncated": len(log) > LOG_TAIL_CHARS,
-                "commits_html": str(self.commits(run)),
+                "title": str(run),
+                # Server-side HTML (escaped by format_html), swapped in as it is.
+                "fields_html": {
+                    "commits": str(self.commits(run)),
+                    "commit_details": str(self.commit_details(run)),
+                    "started_time": str(self.started_time(run)),
+                    "finished_time": str(self.finished_time(run)),
+                    "lease_time": str(self.lease_time(run)),
+                    "post_deploy_exit_code": escape(
+                        "-" if run.post_deploy_exit_code is None else run.post_deploy_exit_code
+                    ),
+                    "error_display": str(self.error_display(run)),
+                },
             }
         )
 
@@ -930,8 +946,7 @@ class DeliveryAdmin(TriggerMixin, ReadOnlyAdmin):
         "event_display",
         "ref_display",
         "commit",
-        "verdict_display",
-        "status_code",
+        "answer_display",
         "run_link",
     ]
     list_display_links = ["received_display"]
@@ -1010,6 +1025,14 @@ class DeliveryAdmin(TriggerMixin, ReadOnlyAdmin):
     @admin.display(description="verdict", ordering="verdict")
     def verdict_display(self, delivery):
         return status_badge(delivery.verdict, delivery.get_verdict_display())
+
+    @admin.display(description="answer", ordering="verdict")
+    def answer_display(self, delivery):
+        return format_html(
+            '{}<br><span class="gd-muted">HTTP {}</span>',
+            self.verdict_display(delivery),
+            delivery.status_code,
+        )
 
     @admin.display(description="sync run")
     def run_link(self, delivery):

@@ -181,20 +181,21 @@ def pretty_text(raw: str) -> str:
 
 
 def ago(value: datetime.datetime | None, now: datetime.datetime | None = None) -> str:
-    """'12 s ago', '3 min ago', '2 h ago', '4 days ago' (short, for lists and timelines)."""
+    """'12 s ago', '3 min ago', '2 h ago', '4 days ago', 'in 20 s' (for lists and timelines)."""
     if value is None:
         return ""
     seconds = ((now or timezone.now()) - value).total_seconds()
-    if seconds < 0:
-        return "in the future"
+    future, seconds = seconds < 0, abs(seconds)
     if seconds < 60:
-        return f"{int(seconds)} s ago"
-    if seconds < 3600:
-        return f"{int(seconds // 60)} min ago"
-    if seconds < 86400:
-        return f"{int(seconds // 3600)} h ago"
-    days = int(seconds // 86400)
-    return f"{days} day{'s' if days != 1 else ''} ago"
+        amount = f"{int(seconds)} s"
+    elif seconds < 3600:
+        amount = f"{int(seconds // 60)} min"
+    elif seconds < 86400:
+        amount = f"{int(seconds // 3600)} h"
+    else:
+        days = int(seconds // 86400)
+        amount = f"{days} day{'s' if days != 1 else ''}"
+    return f"in {amount}" if future else f"{amount} ago"
 
 
 def time_html(value: datetime.datetime | None, *, relative_first: bool = False):

@@ -27,7 +27,7 @@ import traceback
 from pathlib import Path
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, transaction
 from django.utils import timezone
 
 from gitdeploy import sync
@@ -187,7 +187,8 @@ def _perform(run: SyncRun) -> None:
                 f"FAILED: attempt {run.attempt + 1} of run #{run.first_attempt_id} "
                 f"in {retry_after:g} s"
             )
-        run.finish(
+        _finish(
+            run,
             succeeded=False,
             log=log.text(),
             error=sync.redact(str(exc), log.secrets),
@@ -198,14 +199,12 @@ def _perform(run: SyncRun) -> None:
         )
         if retry_after is not None:
             _schedule_retry(run, retry_after)
-        _record_live(run)
         return
     except Exception as exc:  # a bug must not leave the run 'running' until its lease expires
         log("FAILED with an unexpected error:")
         log(traceback.format_exc())
-        run.finish(succeeded=False, log=log.text(), error=sync.redact(repr(exc), log.secrets))
+        _finish(run, succeeded=False, log=log.text(), error=sync.redact(repr(exc), log.secrets))
         logger.exception("SyncRun %s crashed", run.pk)
-        _record_live(run)
         return
     except BaseException:
         # A second SIGTERM/SIGINT stops the worker mid-sync (sync has killed git by now): say so
@@ -217,7 +216,8 @@ def _perform(run: SyncRun) -> None:
     if not repository.branch and result.branch:
         repository.learn_default_branch(result.branch)
     log(f"deployed {result.deployed_commit} (was {result.previous_commit or 'nothing'})")
-    run.finish(
+    _finish(
+        run,
         succeeded=True,
         log=log.text(),
         previous_commit=result.previous_commit,
@@ -225,7 +225,6 @@ def _perform(run: SyncRun) -> None:
         post_deploy_exit_code=result.post_deploy_exit_code,
         **_commit_fields(repository, result.deployed_commit),
     )
-    _record_live(run)
 
 
 def _commit_fields(repository: Repository, sha: str) -> dict:
@@ -240,15 +239,18 @@ def _commit_fields(repository: Repository, sha: str) -> dict:
     }
 
 
-def _record_live(run: SyncRun) -> None:
-    """After every run, success or failure: what the directory holds now (Repository.live_*)."""
+def _finish(run: SyncRun, **fields) -> None:
+    """SyncRun.finish and the live record (what the directory holds now, success or failure) in
+    one transaction: no page ever shows the run finished with the previous live commit."""
     repository = run.repository
     try:
-        commit = sync.current_commit(repository.target_dir, repository.deploy_mode)
+        commit: str | None = sync.current_commit(repository.target_dir, repository.deploy_mode)
     except Exception:  # reading the directory must never fail the run's bookkeeping
         logger.exception("SyncRun %s: cannot read the deployed commit", run.pk)
-        return
-    repository.record_live(commit, run)
+        commit = None
+    with transaction.atomic():
+        if run.finish(**fields) and commit is not None:
+            repository.record_live(commit, run)
 
 
 def _retry_delay(run: SyncRun) -> float | None:

@@ -109,7 +109,9 @@ def test_the_run_page_follows_a_running_run(client, viewer, make_repository):
     assert "fetching <b>" in answer["log"]
     assert repository.webhook_secret not in answer["log"], "scrubbed like the page"
     SyncRun.objects.filter(pk=run.pk).update(status="succeeded", finished_at=timezone.now())
-    assert client.get(progress).json()["finished"] is True
+    answer = client.get(progress).json()
+    assert answer["finished"] is True and answer["title"] == f"#{run.pk} {repository} succeeded"
+    assert "finished_time" in answer["fields_html"]
     html = page(client, viewer, reverse("admin:gitdeploy_syncrun_change", args=[run.pk]))
     assert "gd-run-progress" not in html, "a finished run is not polled"
 

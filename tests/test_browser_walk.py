@@ -115,8 +115,19 @@ def test_the_dashboard_walk(
     page.goto(f"{base}/admin/gitdeploy/syncrun/{answer['sync_run']}/change/")
     assert page.locator("#gd-run-progress").count() == 1, "a queued or running run is followed"
     page.evaluate("window.gdNotReloaded = true")
+    # While it runs (the post-deploy command sleeps 2 s) the log tail arrives by itself.
+    page.wait_for_selector(".field-status_display .gd-status-running", timeout=30_000)
+    page.wait_for_function(
+        "() => (document.querySelector('.gd-log') || {}).textContent?.includes('$ sleep 2')",
+        timeout=30_000,
+    )
+    page.screenshot(path=str(output_dir / "run-while-running-1366.png"), full_page=True)
     page.wait_for_selector(".field-status_display .gd-status-succeeded", timeout=60_000)
+    page.wait_for_selector(".gd-finished-note")
     assert page.evaluate("window.gdNotReloaded === true"), "the page was not reloaded"
+    assert "succeeded" in page.inner_text("#content > h2")
+    assert "Second page" in page.inner_text(".field-commit_details")
+    camera.shoot("run-finished-in-place")
     page.reload()
     assert "Second page" in page.inner_text("#content-main")
     camera.shoot("run-succeeded")

@@ -18,7 +18,7 @@
     var badge = document.querySelector(".field-status_display .readonly .gd-status");
     var log = document.querySelector(".gd-log");
     var duration = document.querySelector(".field-duration_display .readonly");
-    var commits = document.querySelector(".field-commits .readonly");
+    var title = document.querySelector("#content > h2");
     var failures = 0;
     if (!log) {
       // The log field shows "—" until the first lines arrive: make room for them.
@@ -48,9 +48,18 @@
             if (atBottom) { log.scrollTop = log.scrollHeight; }
           }
           if (duration) { duration.textContent = run.duration; }
-          if (commits && run.commits_html) { commits.innerHTML = run.commits_html; }
+          if (title) { title.textContent = run.title; }
+          // HTML built and escaped by the server (format_html), for the fields that change.
+          Object.keys(run.fields_html || {}).forEach(function (name) {
+            var cell = document.querySelector(".field-" + name + " .readonly");
+            if (cell) { cell.innerHTML = run.fields_html[name]; }
+          });
           document.body.setAttribute("data-run-status", run.status);
-          if (!run.finished) { window.setTimeout(tick, 1000); }
+          if (!run.finished) {
+            window.setTimeout(tick, 1000);
+          } else {
+            finishedNote(marker);
+          }
         })
         .catch(function () {
           failures += 1;
@@ -58,6 +67,20 @@
         });
     }
     tick();
+  }
+
+  // The buttons depend on the outcome (redeploy this commit, roll back): offer them by a reload.
+  function finishedNote(marker) {
+    var note = document.createElement("p");
+    note.className = "gd-finished-note";
+    note.setAttribute("role", "status");
+    note.textContent = "This run has finished. ";
+    var link = document.createElement("a");
+    link.href = window.location.pathname;
+    link.textContent = "Reload for its actions";
+    note.appendChild(link);
+    marker.parentNode.insertBefore(note, marker);
+    marker.hidden = true;
   }
 
   document.addEventListener("DOMContentLoaded", function () {
