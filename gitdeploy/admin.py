@@ -8,6 +8,7 @@ call SyncRun.request(), which queues a new run (or joins the queued one). They n
 
 from __future__ import annotations
 
+import json
 import secrets
 from typing import cast
 
@@ -16,20 +17,27 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import OuterRef
-from django.http import HttpResponseRedirect
+from django.http import HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import escape, format_html
-from django.views.decorators.http import require_POST
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_POST
 
+from gitdeploy import intake
 from gitdeploy.display import (
-    commit_html,
+    commit_summary_html,
+    first_line,
     format_duration,
+    live_commit_html,
     pretty_text,
+    repository_state,
     run_commits_html,
     short_sha,
     status_badge,
+    time_html,
 )
 from gitdeploy.environment import ENV_FIELDS
 from gitdeploy.models import (
@@ -46,6 +54,12 @@ from gitdeploy.redaction import SECRET_HEADERS, redact
 
 TRIGGER_PERMISSION = "gitdeploy.trigger_deploy"
 SECRET_MASK = "••••••••"  # noqa: S105 - a mask, not a password
+
+admin.site.site_header = "gitdeploy"
+admin.site.site_title = "gitdeploy"
+admin.site.index_title = "Status"
+# How much of a running sync's log the run page's poller receives each second.
+LOG_TAIL_CHARS = 64 * 1024
 
 
 def can_trigger(request) -> bool:
@@ -69,9 +83,29 @@ def queued_message(run: SyncRun, joined: bool) -> str:
     if run.pin_commit:
         return (
             f"Queued sync run #{run.pk} for '{run.repository}': "
-            f"roll back to {short_sha(run.requested_commit)}."
+            f"deploy exactly {short_sha(run.requested_commit)}."
         )
     return f"Queued sync run #{run.pk} for '{run.repository}'."
+
+
+def trigger(url: str, name: str, label: str, confirm: str, warning: bool = False) -> dict:
+    """One POST button of trigger_buttons.html; `confirm` is asked before the form is sent."""
+    return {"url": url, "name": name, "label": label, "confirm": confirm, "warning": warning}
+
+
+def deploy_latest_trigger(repository: Repository, url: str, nothing_deployed: bool) -> dict:
+    branch = repository.tracked_branch or "the default branch"
+    if nothing_deployed:
+        return trigger(
+            url, "redeploy", "Deploy now", f"Deploy the tip of {branch} to {repository} now?"
+        )
+    return trigger(
+        url,
+        "redeploy",
+        "Deploy latest",
+        f"Deploy the latest commit of {branch} to {repository}? "
+        "This replaces what is live, even after a roll back.",
+    )
 
 
 class TriggerMixin(admin.ModelAdmin):
@@ -85,6 +119,12 @@ class TriggerMixin(admin.ModelAdmin):
 
     def _rollback(self, request, run: SyncRun) -> SyncRun | None:
         return self._queue(request, run.roll_back)
+
+    def _redeploy_commit(self, request, run: SyncRun) -> SyncRun | None:
+        return self._queue(request, run.redeploy_commit)
+
+    def _rollback_before(self, request, run: SyncRun) -> SyncRun | None:
+        return self._queue(request, run.roll_back_before)
 
     def _queue(self, request, deploy) -> SyncRun | None:
         """Permission here, policy in the model (Repository.redeploy, SyncRun.roll_back)."""
@@ -233,8 +273,7 @@ class SyncRunInline(ReadOnlyInline):
         "trigger",
         "who",
         "commits",
-        "queued_at",
-        "finished_at",
+        "queued_time",
         "duration_display",
     )
     ordering = ["-queued_at", "-pk"]
@@ -256,6 +295,10 @@ class SyncRunInline(ReadOnlyInline):
     def commits(self, run):
         return run_commits_html(run, getattr(run, "provider_hint", "") or "")
 
+    @admin.display(description="queued")
+    def queued_time(self, run):
+        return time_html(run.queued_at)
+
     @admin.display(description="duration")
     def duration_display(self, run):
         return format_duration(run.duration)
@@ -267,13 +310,11 @@ class RepositoryAdmin(TriggerMixin, admin.ModelAdmin):
     inlines = [SyncRunInline]
     list_display = [
         "name",
-        "slug",
         "branch_display",
-        "target_dir",
-        "enabled",
         "deployed",
         "last_status",
-        "env_managed",
+        "target_dir",
+        "enabled",
     ]
     list_filter = ["enabled", "managed_by_env", "deploy_mode"]
     # Not the clone URL: searching it would let a viewer probe for a stored token.
@@ -384,16 +425,36 @@ class RepositoryAdmin(TriggerMixin, admin.ModelAdmin):
 
     def webhook_context(self, request, obj: Repository) -> dict:
         status = Repository.objects.with_status().get(pk=obj.pk)
+        state, state_label = repository_state(status)
+        triggers = []
+        if can_trigger(request):
+            triggers.append(
+                deploy_latest_trigger(
+                    obj,
+                    reverse("admin:gitdeploy_repository_redeploy", args=[obj.pk]),
+                    nothing_deployed=not status.live_commit_sha,
+                )
+            )
         return {
             "webhook_url": request.build_absolute_uri(obj.webhook_path()),
             "has_secret": bool(obj.webhook_secret),
-            "deployed_run_id": status.deployed_run_id,
-            "deployed_at": status.deployed_at,
-            "deployed_commit_html": commit_html(
-                obj.clone_url, status.deployed_commit or "", status.provider_hint or ""
-            ),
+            "deployed_run_id": status.live_run_pk,
+            "deployed_at": status.live_finished_at,
+            "live_html": live_commit_html(status),
+            "state": state,
+            "state_label": state_label,
+            "last_run_id": status.last_run_id,
+            "last_error": first_line(status.last_run_error or "")
+            if status.last_run_status == SyncRun.Status.FAILED
+            else "",
+            "active_run_id": status.active_run_id,
             "can_trigger": can_trigger(request),
-            "redeploy_url": reverse("admin:gitdeploy_repository_redeploy", args=[obj.pk]),
+            "triggers": triggers,
+            "reveal_url": (
+                reverse("admin:gitdeploy_repository_reveal_secret", args=[obj.pk])
+                if obj.webhook_secret and self.has_change_permission(request, obj)
+                else ""
+            ),
             # Until the first delivery arrives, the set-up instructions are what the page is for.
             "show_setup": not obj.deliveries.exists(),
         }
@@ -434,32 +495,32 @@ class RepositoryAdmin(TriggerMixin, admin.ModelAdmin):
     def get_queryset(self, request):
         return cast(RepositoryQuerySet, super().get_queryset(request)).with_status()
 
-    @admin.display(description="deployed")
+    @admin.display(description="live commit (on disk)")
     def deployed(self, obj):
-        sha = getattr(obj, "deployed_commit", None)
-        if not sha:
-            return "—"
-        return commit_html(obj.clone_url, sha, obj.provider_hint or "")
+        return live_commit_html(obj)
 
-    @admin.display(description="last run")
+    @admin.display(description="status")
     def last_status(self, obj):
-        if not getattr(obj, "last_run_id", None):
-            return "—"
-        label = SyncRun.Status(obj.last_run_status).label
+        state, label = repository_state(obj)
+        run_id = obj.active_run_id or obj.last_run_id
+        if not run_id:
+            return status_badge(state, label)
         return format_html(
             '<a href="{}">{}</a>',
-            reverse("admin:gitdeploy_syncrun_change", args=[obj.last_run_id]),
-            status_badge(obj.last_run_status, label),
+            reverse("admin:gitdeploy_syncrun_change", args=[run_id]),
+            status_badge(state, label),
         )
-
-    @admin.display(description="env", boolean=True)
-    def env_managed(self, obj):
-        return obj.managed_by_env
 
     # --- redeploy -------------------------------------------------------------------------------
 
     def get_urls(self):
-        return [*self.trigger_urls("redeploy"), *super().get_urls()]
+        opts = self.model._meta
+        reveal = path(
+            "<path:object_id>/reveal_secret/",
+            self.admin_site.admin_view(never_cache(require_POST(self.reveal_secret_view))),
+            name=f"{opts.app_label}_{opts.model_name}_reveal_secret",
+        )
+        return [reveal, *self.trigger_urls("redeploy"), *super().get_urls()]
 
     def redeploy_view(self, request, object_id):
         if not can_trigger(request):
@@ -468,7 +529,33 @@ class RepositoryAdmin(TriggerMixin, admin.ModelAdmin):
         run = self._redeploy(request, repository)
         return self._after_trigger(request, run, admin_url(repository))
 
-    @admin.action(description="Redeploy the selected repositories", permissions=["trigger_deploy"])
+    def reveal_secret_view(self, request, object_id):
+        """The one way the admin shows a stored secret: an explicit POST by someone who may change
+        the repository (and so could replace the secret anyway), recorded in its history. The
+        answer is a page of its own, never cached; the change page keeps showing the mask."""
+        repository = get_object_or_404(Repository, pk=object_id)
+        if not self.has_change_permission(request, repository):
+            raise PermissionDenied
+        self.log_change(request, repository, "Revealed the webhook secret.")
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "original": repository,
+            "title": f"Webhook secret of {repository}",
+            "secret": repository.webhook_secret,
+            "webhook_url": request.build_absolute_uri(repository.webhook_path()),
+            "change_url": admin_url(repository),
+        }
+        response = TemplateResponse(
+            request, "admin/gitdeploy/repository/reveal_secret.html", context
+        )
+        response["Cache-Control"] = "no-store"
+        return response
+
+    @admin.action(
+        description="Deploy latest: the branch tip of the selected repositories",
+        permissions=["trigger_deploy"],
+    )
     def redeploy_selected(self, request, queryset):
         for repository in queryset:
             self._redeploy(request, repository)
@@ -487,7 +574,7 @@ class DeliveryInline(ReadOnlyInline):
     verbose_name_plural = "deliveries served by this run"
     fields = readonly_fields = (
         "delivery_link",
-        "received_at",
+        "received_time",
         "provider",
         "event",
         "ref",
@@ -505,21 +592,21 @@ class DeliveryInline(ReadOnlyInline):
     def after_short(self, delivery):
         return short_sha(delivery.after) or "—"
 
+    @admin.display(description="received")
+    def received_time(self, delivery):
+        return time_html(delivery.received_at)
+
 
 @admin.register(SyncRun)
 class SyncRunAdmin(TriggerMixin, ReadOnlyAdmin):
+    # Fits 1366 px: the start and finish times are on the run's page, the duration is here.
     list_display = [
         "run_id",
-        "status_display",
         "repository",
-        "trigger",
-        "who",
-        "commits",
-        "queued_at",
-        "started_at",
-        "finished_at",
+        "commits_list",
+        "trigger_display",
+        "queued_display",
         "duration_display",
-        "attempt",
     ]
     list_display_links = ["run_id"]
     list_filter = ["status", "trigger", "repository", "queued_at"]
@@ -543,24 +630,27 @@ class SyncRunAdmin(TriggerMixin, ReadOnlyAdmin):
                     "status_display",
                     "trigger",
                     "who",
-                    "attempt",
+                    "attempt_display",
                     "retry_of",
                     "superseded_by",
                 ]
             },
         ),
-        ("Commits", {"fields": ["branch", "requested_commit", "pin_commit", "commits"]}),
+        (
+            "Commits",
+            {"fields": ["branch", "requested_commit", "pin_commit", "commits", "commit_details"]},
+        ),
         (
             "Timing",
             {
                 "fields": [
-                    "queued_at",
-                    "run_after",
-                    "started_at",
-                    "finished_at",
+                    "queued_time",
+                    "run_after_time",
+                    "started_time",
+                    "finished_time",
                     "duration_display",
                     "worker_id",
-                    "lease_expires_at",
+                    "lease_time",
                 ]
             },
         ),
@@ -580,11 +670,77 @@ class SyncRunAdmin(TriggerMixin, ReadOnlyAdmin):
 
     @admin.display(description="run", ordering="pk")
     def run_id(self, run):
-        return f"#{run.pk}"
+        return format_html("#{}<br>{}", run.pk, self.status_display(run))
 
     @admin.display(description="status", ordering="status")
     def status_display(self, run):
-        return status_badge(run.status, run.get_status_display())
+        badge = status_badge(run.status, run.get_status_display())
+        if run.repository.live_run_id == run.pk:
+            # What is on disk now, as the worker last read it: the "Published" of a deploy list.
+            return format_html('{} <span class="gd-status gd-status-live">live</span>', badge)
+        return badge
+
+    @admin.display(description="commits (previous → deployed)")
+    def commits_list(self, run):
+        commits = run_commits_html(run, getattr(run, "provider_hint", "") or "")
+        if not run.commit_subject:
+            return commits
+        return format_html(
+            '{}<br><span class="gd-subject">{}</span> <span class="gd-author">{}</span>',
+            commits,
+            run.commit_subject,
+            f"by {run.commit_author}" if run.commit_author else "",
+        )
+
+    @admin.display(description="trigger", ordering="trigger")
+    def trigger_display(self, run):
+        who = self.who(run)
+        return format_html(
+            '{}<br><span class="gd-muted">{}</span>',
+            run.get_trigger_display(),
+            "" if who == "—" else who,
+        )
+
+    @admin.display(description="queued", ordering="queued_at")
+    def queued_display(self, run):
+        return time_html(run.queued_at)
+
+    @admin.display(description="queued")
+    def queued_time(self, run):
+        return time_html(run.queued_at)
+
+    @admin.display(description="run after")
+    def run_after_time(self, run):
+        return time_html(run.run_after) if run.run_after else "—"
+
+    @admin.display(description="started")
+    def started_time(self, run):
+        return time_html(run.started_at)
+
+    @admin.display(description="finished")
+    def finished_time(self, run):
+        return time_html(run.finished_at)
+
+    @admin.display(description="lease expires")
+    def lease_time(self, run):
+        return time_html(run.lease_expires_at) if run.lease_expires_at else "—"
+
+    @admin.display(description="attempt")
+    def attempt_display(self, run):
+        return run.attempt_label()
+
+    @admin.display(description="deployed commit")
+    def commit_details(self, run):
+        if not run.deployed_commit:
+            return "—"
+        return commit_summary_html(
+            run.repository.clone_url,
+            run.deployed_commit,
+            getattr(run, "provider_hint", "") or "",
+            run.commit_subject,
+            run.commit_author,
+            run.committed_at,
+        )
 
     @admin.display(description="triggered by")
     def who(self, run):
@@ -618,36 +774,133 @@ class SyncRunAdmin(TriggerMixin, ReadOnlyAdmin):
             extra_context.update(
                 {
                     "can_trigger": can_trigger(request),
-                    "redeploy_url": reverse("admin:gitdeploy_syncrun_redeploy", args=[run.pk]),
-                    "rollback_url": (
-                        reverse("admin:gitdeploy_syncrun_rollback", args=[run.pk])
-                        if run.can_roll_back
-                        else ""
-                    ),
-                    "rollback_commit": short_sha(run.deployed_commit),
+                    "triggers": self.run_triggers(request, run),
+                    "progress_url": reverse("admin:gitdeploy_syncrun_progress", args=[run.pk]),
+                    "run_active": not run.is_finished,
                 }
             )
         return super().change_view(request, object_id, form_url, extra_context)
 
+    def run_triggers(self, request, run: SyncRun) -> list[dict]:
+        """The run page's buttons. The policy (what may be queued) is the model's; this only
+        chooses the words: the live commit is redeployed, an older one is rolled back to."""
+        if not can_trigger(request):
+            return []
+        repository = run.repository
+        status = Repository.objects.with_status().get(pk=repository.pk)
+        buttons = []
+        target = short_sha(run.deployed_commit)
+        if run.can_redeploy_commit and run.pk == status.live_run_pk:
+            buttons.append(
+                trigger(
+                    reverse("admin:gitdeploy_syncrun_redeploy_commit", args=[run.pk]),
+                    "redeploy_commit",
+                    "Redeploy this commit",
+                    f"Deploy {target} to {repository} again (the same commit, not the branch tip)?",
+                )
+            )
+        elif run.can_roll_back:
+            buttons.append(
+                trigger(
+                    reverse("admin:gitdeploy_syncrun_rollback", args=[run.pk]),
+                    "rollback",
+                    "Roll back to this commit",
+                    f"Roll {repository} back to {target}? What is live now is replaced.",
+                    warning=True,
+                )
+            )
+        if run.can_roll_back_before:
+            previous = short_sha(run.previous_commit)
+            buttons.append(
+                trigger(
+                    reverse("admin:gitdeploy_syncrun_rollback_before", args=[run.pk]),
+                    "rollback_before",
+                    f"Roll back to {previous}",
+                    f"Roll {repository} back to {previous}, the commit before this failed run?",
+                    warning=True,
+                )
+            )
+        buttons.append(
+            deploy_latest_trigger(
+                repository,
+                reverse("admin:gitdeploy_syncrun_redeploy", args=[run.pk]),
+                nothing_deployed=not status.live_commit_sha,
+            )
+        )
+        return buttons
+
     def get_urls(self):
-        return [*self.trigger_urls("redeploy", "rollback"), *super().get_urls()]
+        opts = self.model._meta
+        progress = path(
+            "<path:object_id>/progress/",
+            self.admin_site.admin_view(never_cache(require_GET(self.progress_view))),
+            name=f"{opts.app_label}_{opts.model_name}_progress",
+        )
+        triggers = self.trigger_urls("redeploy", "rollback", "redeploy_commit", "rollback_before")
+        return [progress, *triggers, *super().get_urls()]
+
+    def progress_view(self, request, object_id):
+        """What the run page polls every second while the run is queued or running: its status
+        and the tail of its log (published by the worker with each lease renewal)."""
+        run = get_object_or_404(
+            SyncRun.objects.select_related("repository").annotate(
+                provider_hint=provider_of(OuterRef("repository"))
+            ),
+            pk=object_id,
+        )
+        if not self.has_view_permission(request, run):
+            raise PermissionDenied
+        log = scrub(run.log, run.repository)
+        return JsonResponse(
+            {
+                "id": run.pk,
+                "status": run.status,
+                "label": run.get_status_display(),
+                "finished": run.is_finished,
+                "duration": format_duration(run.duration),
+                "error": scrub(run.error, run.repository),
+                "log": log[-LOG_TAIL_CHARS:],
+                "log_truncated": len(log) > LOG_TAIL_CHARS,
+                "title": str(run),
+                # Server-side HTML (escaped by format_html), swapped in as it is.
+                "fields_html": {
+                    "commits": str(self.commits(run)),
+                    "commit_details": str(self.commit_details(run)),
+                    "started_time": str(self.started_time(run)),
+                    "finished_time": str(self.finished_time(run)),
+                    "lease_time": str(self.lease_time(run)),
+                    "post_deploy_exit_code": escape(
+                        "-" if run.post_deploy_exit_code is None else run.post_deploy_exit_code
+                    ),
+                    "error_display": str(self.error_display(run)),
+                },
+            }
+        )
+
+    def _run_action(self, request, object_id, action):
+        if not can_trigger(request):
+            raise PermissionDenied
+        run = get_object_or_404(SyncRun.objects.select_related("repository"), pk=object_id)
+        new_run = action(request, run)
+        return self._after_trigger(request, new_run, admin_url(run))
 
     def redeploy_view(self, request, object_id):
-        if not can_trigger(request):
-            raise PermissionDenied
-        run = get_object_or_404(SyncRun.objects.select_related("repository"), pk=object_id)
-        new_run = self._redeploy(request, run.repository)
-        return self._after_trigger(request, new_run, admin_url(run))
+        return self._run_action(
+            request, object_id, lambda request, run: self._redeploy(request, run.repository)
+        )
 
     def rollback_view(self, request, object_id):
-        if not can_trigger(request):
-            raise PermissionDenied
-        run = get_object_or_404(SyncRun.objects.select_related("repository"), pk=object_id)
-        new_run = self._rollback(request, run)
-        return self._after_trigger(request, new_run, admin_url(run))
+        return self._run_action(request, object_id, self._rollback)
+
+    def redeploy_commit_view(self, request, object_id):
+        return self._run_action(request, object_id, self._redeploy_commit)
+
+    def rollback_before_view(self, request, object_id):
+        return self._run_action(request, object_id, self._rollback_before)
 
     @admin.action(
-        description="Redeploy the repositories of the selected runs", permissions=["trigger_deploy"]
+        description="Deploy latest: the branch tip of the selected runs' repositories",
+        permissions=["trigger_deploy"],
     )
     def redeploy_selected(self, request, queryset):
         repository_ids = set(queryset.values_list("repository_id", flat=True))
@@ -673,17 +926,15 @@ class SyncRunAdmin(TriggerMixin, ReadOnlyAdmin):
 @admin.register(Delivery)
 class DeliveryAdmin(TriggerMixin, ReadOnlyAdmin):
     list_display = [
-        "received_at",
+        "received_display",
         "repository",
-        "provider",
-        "event",
+        "event_display",
         "ref_display",
         "commit",
-        "verdict_display",
-        "status_code",
+        "answer_display",
         "run_link",
     ]
-    list_display_links = ["received_at"]
+    list_display_links = ["received_display"]
     list_filter = ["repository", "provider", "verdict", "received_at"]
     list_select_related = ["repository", "sync_run"]
     search_fields = ["=delivery_id", "^after", "^before"]
@@ -695,11 +946,12 @@ class DeliveryAdmin(TriggerMixin, ReadOnlyAdmin):
             {
                 "fields": [
                     "repository",
-                    "received_at",
+                    "received_time",
                     "remote_addr",
                     "provider",
                     "event",
                     "delivery_id",
+                    "redelivery_of_link",
                 ]
             },
         ),
@@ -716,23 +968,36 @@ class DeliveryAdmin(TriggerMixin, ReadOnlyAdmin):
             },
         ),
         ("Push", {"fields": ["ref", "before", "after"]}),
-        (
-            "Request",
-            {
-                "fields": [
-                    "content_type",
-                    "body_size",
-                    "body_sha256",
-                    "body_truncated",
-                    "headers_display",
-                    "body_display",
-                ]
-            },
-        ),
+        # The request (headers, body) and the response side by side: delivery/change_form.html.
     ]
 
     class Media:
         css = {"all": ["gitdeploy/admin.css"]}
+
+    @admin.display(description="received", ordering="received_at")
+    def received_display(self, delivery):
+        return time_html(delivery.received_at)
+
+    @admin.display(description="received")
+    def received_time(self, delivery):
+        return time_html(delivery.received_at)
+
+    @admin.display(description="event", ordering="event")
+    def event_display(self, delivery):
+        source = delivery.provider
+        if delivery.redelivery_of_id:
+            source = f"{source}, redelivered" if source else "redelivered"
+        return format_html('{}<br><span class="gd-muted">{}</span>', delivery.event or "—", source)
+
+    @admin.display(description="redelivery of")
+    def redelivery_of_link(self, delivery):
+        if delivery.redelivery_of_id is None:
+            return "—"
+        return format_html(
+            '<a href="{}">delivery #{}</a>',
+            reverse("admin:gitdeploy_delivery_change", args=[delivery.redelivery_of_id]),
+            delivery.redelivery_of_id,
+        )
 
     @admin.display(description="ref", ordering="ref")
     def ref_display(self, delivery):
@@ -746,36 +1011,20 @@ class DeliveryAdmin(TriggerMixin, ReadOnlyAdmin):
     def verdict_display(self, delivery):
         return status_badge(delivery.verdict, delivery.get_verdict_display())
 
+    @admin.display(description="answer", ordering="verdict")
+    def answer_display(self, delivery):
+        return format_html(
+            '{}<br><span class="gd-muted">HTTP {}</span>',
+            self.verdict_display(delivery),
+            delivery.status_code,
+        )
+
     @admin.display(description="sync run")
     def run_link(self, delivery):
         if delivery.sync_run_id is None:
             return "—"
         return format_html(
             '<a href="{}">#{}</a>', admin_url(delivery.sync_run), delivery.sync_run_id
-        )
-
-    @admin.display(description="headers")
-    def headers_display(self, delivery):
-        headers = delivery.headers or {}
-        if not headers:
-            return "—"
-        rows = sorted(
-            (str(name), "***" if str(name).lower() in SECRET_HEADERS else str(value))
-            for name, value in dict(headers).items()
-        )
-        text = scrub("\n".join(f"{name}: {value}" for name, value in rows), delivery.repository)
-        return format_html('<pre class="gd-pre">{}</pre>', text)
-
-    @admin.display(description="body")
-    def body_display(self, delivery):
-        if not delivery.body:
-            return "—"
-        note = " (truncated)" if delivery.body_truncated else ""
-        return format_html(
-            '<details open><summary>{} bytes{}</summary><pre class="gd-pre">{}</pre></details>',
-            delivery.body_size,
-            note,
-            scrub(pretty_text(delivery.body), delivery.repository),
         )
 
     @admin.display(description="reason")
@@ -786,16 +1035,105 @@ class DeliveryAdmin(TriggerMixin, ReadOnlyAdmin):
         extra_context = extra_context or {}
         delivery = self.get_object(request, object_id)
         if delivery is not None:
+            repository = delivery.repository
+            triggers = []
+            if can_trigger(request):
+                if delivery.verdict != Delivery.Verdict.REJECTED and not delivery.body_truncated:
+                    triggers.append(
+                        trigger(
+                            reverse("admin:gitdeploy_delivery_redeliver", args=[delivery.pk]),
+                            "redeliver",
+                            "Redeliver",
+                            f"Replay this {delivery.event or 'delivery'} to {repository}? It is "
+                            "decided again as it would be now, and recorded as a new delivery.",
+                        )
+                    )
+                deployed = Repository.objects.with_status().get(pk=repository.pk)
+                triggers.append(
+                    deploy_latest_trigger(
+                        repository,
+                        reverse("admin:gitdeploy_repository_redeploy", args=[repository.pk]),
+                        nothing_deployed=not deployed.live_commit_sha,
+                    )
+                )
             extra_context.update(
                 {
                     "can_trigger": can_trigger(request),
-                    "redeploy_url": reverse(
-                        "admin:gitdeploy_repository_redeploy", args=[delivery.repository_id]
-                    ),
-                    "repository": delivery.repository,
+                    "triggers": triggers,
+                    "repository": repository,
+                    "exchange": self.exchange(delivery),
                 }
             )
         return super().change_view(request, object_id, form_url, extra_context)
+
+    def exchange(self, delivery: Delivery) -> dict:
+        """The Request and Response tabs: what arrived and exactly what was answered."""
+        repository = delivery.repository
+        headers = dict(delivery.headers or {})
+        rows = sorted(
+            (str(name), "***" if str(name).lower() in SECRET_HEADERS else str(value))
+            for name, value in headers.items()
+        )
+        response = delivery.answer
+        return {
+            "headers": scrub("\n".join(f"{name}: {value}" for name, value in rows), repository),
+            "body": scrub(pretty_text(delivery.body), repository),
+            "body_size": delivery.body_size,
+            "body_truncated": delivery.body_truncated,
+            "body_sha256": delivery.body_sha256,
+            "content_type": delivery.content_type,
+            "status_code": delivery.status_code,
+            # Deliveries recorded before the answer was stored: say so rather than invent one.
+            "response": scrub(json.dumps(response, indent=2), repository) if response else "",
+        }
+
+    def get_urls(self):
+        return [*self.trigger_urls("redeliver"), *super().get_urls()]
+
+    def redeliver_view(self, request, object_id):
+        """Replay a stored delivery through intake (the same decision path as the webhook)."""
+        if not can_trigger(request):
+            raise PermissionDenied
+        original = get_object_or_404(Delivery.objects.select_related("repository"), pk=object_id)
+        try:
+            receipt = intake.redeliver(original)
+        except intake.CannotRedeliver as refusal:
+            self.message_user(request, str(refusal), messages.ERROR)
+            return HttpResponseRedirect(admin_url(original))
+        if receipt.delivery is None:  # past the flood limit for rejected deliveries: counted only
+            self.message_user(request, receipt.body.get("reason", ""), messages.WARNING)
+            return HttpResponseRedirect(admin_url(original))
+        self.message_user(
+            request,
+            f"Redelivered as delivery #{receipt.delivery.pk}: answered {receipt.status_code} "
+            f"{receipt.body.get('status', '')} ({receipt.body.get('reason', '')}).",
+            messages.SUCCESS if receipt.status_code < 400 else messages.WARNING,
+        )
+        return HttpResponseRedirect(admin_url(receipt.delivery))
+
+
+# --- The task queue -------------------------------------------------------------------------------
+
+
+def _superuser_only_task_admin() -> None:
+    """django-tasks-db's own table of task rows is an implementation detail (SyncRun is the
+    history people read): visible to superusers only, and read-only as upstream made it."""
+    from django_tasks_db.admin import DBTaskResultAdmin
+    from django_tasks_db.models import DBTaskResult
+
+    class TaskResultAdmin(DBTaskResultAdmin):
+        def has_module_permission(self, request):
+            return request.user.is_active and request.user.is_superuser
+
+        def has_view_permission(self, request, obj=None):
+            return request.user.is_active and request.user.is_superuser
+
+    if admin.site.is_registered(DBTaskResult):
+        admin.site.unregister(DBTaskResult)
+    admin.site.register(DBTaskResult, TaskResultAdmin)
+
+
+_superuser_only_task_admin()
 
 
 # --- Floods of rejected deliveries ---------------------------------------------------------------
@@ -815,21 +1153,24 @@ class RejectionWindowAdmin(ReadOnlyAdmin):
 
 @admin.register(WorkerHeartbeat)
 class WorkerHeartbeatAdmin(ReadOnlyAdmin):
-    list_display = ["worker_id", "hostname", "pid", "started_at", "seen_at", "age", "alive"]
+    list_display = ["worker_id", "hostname", "pid", "started_time", "seen_time", "alive"]
     fields = readonly_fields = (
         "worker_id",
         "hostname",
         "pid",
-        "started_at",
-        "seen_at",
-        "age",
+        "started_time",
+        "seen_time",
         "alive",
     )
     ordering = ["-seen_at"]
 
-    @admin.display(description="last seen")
-    def age(self, heartbeat):
-        return format_duration(timezone.now() - heartbeat.seen_at) + " ago"
+    @admin.display(description="started", ordering="started_at")
+    def started_time(self, heartbeat):
+        return time_html(heartbeat.started_at)
+
+    @admin.display(description="last seen", ordering="seen_at")
+    def seen_time(self, heartbeat):
+        return time_html(heartbeat.seen_at)
 
     @admin.display(description="alive", boolean=True)
     def alive(self, heartbeat):

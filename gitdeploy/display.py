@@ -12,6 +12,7 @@ import json
 import re
 from urllib.parse import parse_qs, urlsplit
 
+from django.utils import timezone
 from django.utils.html import format_html
 
 from gitdeploy.models import SHA_RE, SyncRun
@@ -177,3 +178,114 @@ def pretty_text(raw: str) -> str:
         return json.dumps(json.loads(candidate), indent=2, ensure_ascii=False, sort_keys=False)
     except (ValueError, RecursionError):  # a stored hostile body may nest past the parser's limit
         return text
+
+
+def ago(value: datetime.datetime | None, now: datetime.datetime | None = None) -> str:
+    """'12 s ago', '3 min ago', '2 h ago', '4 days ago', 'in 20 s' (for lists and timelines)."""
+    if value is None:
+        return ""
+    seconds = ((now or timezone.now()) - value).total_seconds()
+    future, seconds = seconds < 0, abs(seconds)
+    if seconds < 60:
+        amount = f"{int(seconds)} s"
+    elif seconds < 3600:
+        amount = f"{int(seconds // 60)} min"
+    elif seconds < 86400:
+        amount = f"{int(seconds // 3600)} h"
+    else:
+        days = int(seconds // 86400)
+        amount = f"{days} day{'s' if days != 1 else ''}"
+    return f"in {amount}" if future else f"{amount} ago"
+
+
+def time_html(value: datetime.datetime | None, *, relative_first: bool = False):
+    """<time> with seconds (in TIME_ZONE) and the relative form: '2026-11-25 16:01:02 · 3 min'."""
+    if value is None:
+        return "—"
+    local = timezone.localtime(value)
+    absolute = local.strftime("%Y-%m-%d %H:%M:%S")
+    if relative_first:
+        return format_html(
+            '<time datetime="{}" title="{} {}">{}</time>',
+            value.isoformat(),
+            absolute,
+            local.tzname() or "",
+            ago(value),
+        )
+    return format_html(
+        '<time datetime="{}" title="{}">{}</time> <span class="gd-ago">{}</span>',
+        value.isoformat(),
+        local.tzname() or "",
+        absolute,
+        ago(value),
+    )
+
+
+def first_line(text: str, limit: int = 200) -> str:
+    line = (text or "").strip().splitlines()[0] if (text or "").strip() else ""
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def commit_summary_html(
+    clone_url: str,
+    sha: str,
+    provider: str,
+    subject: str,
+    author: str,
+    committed_at: datetime.datetime | None,
+):
+    """The commit link with its subject, author and relative time, as deploy lists show it."""
+    if not sha:
+        return "—"
+    link = commit_html(clone_url, sha, provider)
+    if not subject and not author:
+        return link
+    when = format_html(", {}", time_html(committed_at, relative_first=True)) if committed_at else ""
+    return format_html(
+        '{} <span class="gd-subject">{}</span> <span class="gd-author">{}{}</span>',
+        link,
+        subject,
+        f"by {author}" if author else "",
+        when,
+    )
+
+
+def post_deploy_failed(row) -> bool:
+    """The live commit was put in place by a run whose post-deploy command then failed."""
+    return row.live_run_status == SyncRun.Status.FAILED and row.live_exit_code not in (None, 0)
+
+
+def live_commit_html(row):
+    """What is on disk for a Repository.objects.with_status() row: the commit with its subject,
+    author and time, and "post-deploy failed" beside it when that is how it got there."""
+    sha = row.live_commit_sha or ""
+    if not sha:
+        return format_html("<em>{}</em>", "nothing deployed yet")
+    summary = commit_summary_html(
+        row.clone_url,
+        sha,
+        row.provider_hint or "",
+        row.live_subject or "",
+        row.live_author or "",
+        row.live_committed_at,
+    )
+    if post_deploy_failed(row):
+        return format_html(
+            '{} <span class="gd-status gd-status-failed">post-deploy failed (exit {})</span>',
+            summary,
+            row.live_exit_code,
+        )
+    return summary
+
+
+def repository_state(row) -> tuple[str, str]:
+    """(css status, words) for a with_status() row: deploying / queued / failed / up to date."""
+    if row.active_run_status == SyncRun.Status.RUNNING:
+        return "running", "deploying"
+    if row.active_run_status == SyncRun.Status.QUEUED:
+        return "queued", "queued"
+    if row.last_run_status == SyncRun.Status.FAILED:
+        return "failed", "failed"
+    if row.live_commit_sha:
+        return "succeeded", "up to date"
+    return "none", "nothing deployed"

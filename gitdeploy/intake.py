@@ -211,7 +211,58 @@ def receive(repository: Repository, incoming: IncomingWebhook) -> Receipt:
     """Inspect, decide and record one webhook request in one transaction. The Delivery row (and
     the SyncRun it asks for) is committed before this returns."""
     inspection = inspect(repository, incoming)
-    decision = decide(repository, inspection)
+    return _record(repository, incoming, inspection, decide(repository, inspection))
+
+
+class CannotRedeliver(Exception):
+    """A stored delivery that Redeliver will not replay; the message says why, for a person."""
+
+
+def redeliver(original: Delivery) -> Receipt:
+    """Replay a stored delivery (the admin's Redeliver, like a Git host's): the same decision
+    path as receive(), recorded as a new Delivery pointing at the original.
+
+    Only a delivery that was accepted (its signature was checked when it arrived) and stored
+    whole can be replayed. Its signature is not checked again: secret headers (GitLab's token)
+    are not stored, and the secret may have been replaced since; a person with the permission
+    to deploy asked for it instead. Everything else (the branch, the event, the repository being
+    enabled, a run still pending for the same delivery id) is decided again, as now."""
+    if original.verdict == Delivery.Verdict.REJECTED:
+        raise CannotRedeliver(
+            f"Delivery #{original.pk} was rejected: only an accepted delivery can be redelivered."
+        )
+    if original.body_truncated or not original.provider:
+        raise CannotRedeliver(
+            f"Delivery #{original.pk} was not stored whole: it cannot be replayed."
+        )
+    repository = original.repository
+    incoming = IncomingWebhook(
+        headers={str(k): str(v) for k, v in (original.headers or {}).items()},
+        body=original.body.encode("utf-8"),
+        content_type=original.content_type,
+        remote_addr=None,
+    )
+    envelope = providers.read_envelope(incoming.headers)
+    try:
+        event = providers.parse(
+            envelope, incoming.body, incoming.content_type, branch=repository.tracked_branch
+        )
+        inspection = Inspection(envelope, Delivery.Signature.NOT_CHECKED, "", event)
+    except providers.BadPayload as exc:
+        inspection = Inspection(envelope, Delivery.Signature.NOT_CHECKED, "", None, exc.message)
+    return _record(
+        repository, incoming, inspection, decide(repository, inspection), redelivery_of=original
+    )
+
+
+def _record(
+    repository: Repository,
+    incoming: IncomingWebhook,
+    inspection: Inspection,
+    decision: Decision,
+    *,
+    redelivery_of: Delivery | None = None,
+) -> Receipt:
     envelope, event = inspection.envelope, inspection.event
     verdict, reason, status_code = decision.verdict, decision.reason, decision.status_code
     run: SyncRun | None = None
@@ -246,6 +297,16 @@ def receive(repository: Repository, incoming: IncomingWebhook) -> Receipt:
                         f"joined sync run #{run.pk}, which is queued and will deploy the branch "
                         "tip as fetched when it starts"
                     )
+        stored_reason = storable(reason, 2000)
+        # What is answered, stored with the row for the delivery page's Response tab (the
+        # answer's "delivery" is the row's own id: Delivery.answer puts it back).
+        answer: dict[str, Any] = {"reason": stored_reason}
+        if run is not None:
+            answer.update(
+                status="duplicate" if redelivery else "queued", sync_run=run.pk, joined=joined
+            )
+        else:
+            answer["status"] = "ignored" if verdict == Delivery.Verdict.IGNORED else "rejected"
         delivery = Delivery.objects.create(
             repository=repository,
             remote_addr=incoming.remote_addr or None,
@@ -260,17 +321,13 @@ def receive(repository: Repository, incoming: IncomingWebhook) -> Receipt:
             after=event.after if event else "",
             signature=inspection.signature,
             verdict=verdict,
-            reason=storable(reason, 2000),
+            reason=stored_reason,
             status_code=status_code,
             sync_run=run,
+            redelivery_of=redelivery_of,
+            response_body=answer,
         )
-    body: dict[str, Any] = {"delivery": delivery.pk, "reason": delivery.reason}
-    if run is not None:
-        body.update(
-            status="duplicate" if redelivery else "queued", sync_run=run.pk, joined=joined
-        )
-    else:
-        body["status"] = "ignored" if verdict == Delivery.Verdict.IGNORED else "rejected"
+    body: dict[str, Any] = {"delivery": delivery.pk, **delivery.response_body}
     return Receipt(delivery, run, joined, status_code, body)
 
 

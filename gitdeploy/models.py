@@ -13,7 +13,7 @@ import re
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, models, transaction
-from django.db.models import OuterRef, Q, Subquery, Value
+from django.db.models import Case, F, OuterRef, Q, Subquery, Value, When
 from django.db.models.functions import Concat
 from django.urls import reverse
 from django.utils import timezone
@@ -36,20 +36,54 @@ class DeployRefused(Exception):
 
 class RepositoryQuerySet(models.QuerySet):
     def with_status(self):
-        """Each repository with what its pages show, from subqueries (one query for a list):
-        deployed_run_id / deployed_commit / deployed_at (the last succeeded run); last_run_id /
-        last_run_status / last_run_queued_at (the newest run); provider_hint (the host of the
-        newest delivery, which tells a self-hosted GitLab from a Gitea when drawing links)."""
+        """Each repository with what its pages show, from subqueries (one query for a list).
+
+        live_commit_sha / live_run_pk: what is on disk, as the worker read it after its last run
+        (Repository.record_live); a repository the worker has not looked at since it was added
+        falls back to its last succeeded run. live_run_status / live_exit_code /
+        live_subject / live_author / live_committed_at / live_finished_at describe the run that
+        put that commit there (a failed run whose post-deploy command failed leaves its commit
+        on disk in place mode). deployed_run_id / deployed_commit / deployed_at: the same, kept
+        under the names the admin used first.
+        last_run_id / last_run_status / last_run_queued_at / last_run_error: the newest run.
+        active_run_id / active_run_status: the run in progress (running before queued).
+        provider_hint: the host of the newest delivery, which tells a self-hosted GitLab from a
+        Gitea when drawing links."""
         runs = SyncRun.objects.filter(repository=OuterRef("pk"))
-        deployed = runs.filter(status=SyncRun.Status.SUCCEEDED).order_by("-finished_at", "-pk")
+        succeeded = runs.filter(status=SyncRun.Status.SUCCEEDED).order_by("-finished_at", "-pk")
         last = runs.order_by("-queued_at", "-pk")
-        return self.annotate(
-            deployed_run_id=Subquery(deployed.values("pk")[:1]),
-            deployed_commit=Subquery(deployed.values("deployed_commit")[:1]),
-            deployed_at=Subquery(deployed.values("finished_at")[:1]),
+        # "running" sorts after "queued": descending puts the running run first.
+        active = runs.active().order_by("-status", "-pk")
+        looked = Q(live_checked_at__isnull=False)
+        qs = self.annotate(
+            live_commit_sha=Case(
+                When(looked, then=F("live_commit")),
+                default=Subquery(succeeded.values("deployed_commit")[:1]),
+                output_field=models.CharField(),
+            ),
+            live_run_pk=Case(
+                When(looked, then=F("live_run_id")),
+                default=Subquery(succeeded.values("pk")[:1]),
+                output_field=models.IntegerField(),
+            ),
+        )
+        live = SyncRun.objects.filter(pk=OuterRef("live_run_pk"))
+        return qs.annotate(
+            live_run_status=Subquery(live.values("status")[:1]),
+            live_exit_code=Subquery(live.values("post_deploy_exit_code")[:1]),
+            live_subject=Subquery(live.values("commit_subject")[:1]),
+            live_author=Subquery(live.values("commit_author")[:1]),
+            live_committed_at=Subquery(live.values("committed_at")[:1]),
+            live_finished_at=Subquery(live.values("finished_at")[:1]),
+            deployed_run_id=F("live_run_pk"),
+            deployed_commit=F("live_commit_sha"),
+            deployed_at=F("live_finished_at"),
             last_run_id=Subquery(last.values("pk")[:1]),
             last_run_status=Subquery(last.values("status")[:1]),
             last_run_queued_at=Subquery(last.values("queued_at")[:1]),
+            last_run_error=Subquery(last.values("error")[:1]),
+            active_run_id=Subquery(active.values("pk")[:1]),
+            active_run_status=Subquery(active.values("status")[:1]),
             provider_hint=provider_of(OuterRef("pk")),
         )
 
@@ -112,6 +146,18 @@ class Repository(models.Model):
         editable=False,
         help_text="Created from GIT_URL / REPO_DIR: those fields follow the environment.",
     )
+    # What is on disk, as the worker read it after its last run (see record_live).
+    live_commit = models.CharField(max_length=64, blank=True, editable=False)
+    live_run = models.ForeignKey(
+        "SyncRun",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        editable=False,
+        related_name="+",
+        help_text="The run that put live_commit there (none when it got there some other way).",
+    )
+    live_checked_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -178,6 +224,42 @@ class Repository(models.Model):
             raise DeployRefused(f"'{self}' is disabled: enable it before redeploying.")
         return SyncRun.request(self, trigger=trigger, user=user)
 
+    def request_initial_sync(self) -> SyncRun | None:
+        """The first deploy, asked for by every worker when it starts: only for an enabled
+        repository that nothing was ever deployed to and that has no run queued or running.
+        Checked under the repository's row lock, so several workers starting together queue one
+        run (and the one-queued-run constraint stands behind that)."""
+        with transaction.atomic():
+            Repository.objects.select_for_update().filter(pk=self.pk).first()
+            fresh = Repository.objects.filter(pk=self.pk, enabled=True).first()
+            if fresh is None or fresh.live_commit:
+                return None
+            runs = self.sync_runs.all()
+            if runs.active().exists() or runs.exclude(deployed_commit="").exists():
+                return None
+            run, _ = SyncRun.request(
+                self, trigger=SyncRun.Trigger.INITIAL, label="first start of the worker"
+            )
+        return run
+
+    def record_live(self, commit: str, run: SyncRun | None = None) -> None:
+        """What the worker found on disk after a run (sync.current_commit: in place the HEAD of
+        the directory, atomic the `current` symlink), and the run that put it there.
+
+        Why the worker and not the pages: the web process never runs git nor reads the target
+        directory (it may not even have it mounted), and a failed post-deploy command in place
+        leaves the new commit checked out while the last *succeeded* run names the old one, so
+        the pages show this record instead."""
+        if commit and (run is None or run.deployed_commit != commit):
+            run = (
+                SyncRun.objects.filter(repository=self, deployed_commit=commit)
+                .order_by("-finished_at", "-pk")
+                .first()
+            )
+        Repository.objects.filter(pk=self.pk).update(
+            live_commit=commit, live_run=run if commit else None, live_checked_at=timezone.now()
+        )
+
     def learn_default_branch(self, branch: str) -> None:
         if branch and branch != self.default_branch:
             Repository.objects.filter(pk=self.pk).update(default_branch=branch)
@@ -228,6 +310,19 @@ class Delivery(models.Model):
         blank=True,
         related_name="deliveries",
     )
+    response_body = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="The JSON body answered to the Git host, but for its own id (see answer).",
+    )
+    redelivery_of = models.ForeignKey(
+        "self",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="redeliveries",
+        help_text="Set when this delivery was replayed from the admin (Redeliver).",
+    )
 
     class Meta:
         ordering = ["-received_at", "-pk"]
@@ -240,6 +335,11 @@ class Delivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.provider or 'unknown'} {self.event or '?'} {self.delivery_id or self.pk}"
+
+    @property
+    def answer(self) -> dict:
+        """The JSON body that was answered (a 429 past the flood limit had no row)."""
+        return {"delivery": self.pk, **self.response_body} if self.response_body else {}
 
 
 class SyncRunQuerySet(models.QuerySet):
@@ -272,6 +372,7 @@ class SyncRun(models.Model):
         ADMIN = "admin", "admin"
         CLI = "cli", "command line"
         RETRY = "retry", "retry"
+        INITIAL = "initial", "initial"
 
     FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.SUPERSEDED)
 
@@ -302,6 +403,10 @@ class SyncRun(models.Model):
     )
     previous_commit = models.CharField(max_length=64, blank=True)
     deployed_commit = models.CharField(max_length=64, blank=True)
+    # The deployed commit as git describes it, read by the worker after the checkout.
+    commit_subject = models.CharField(max_length=500, blank=True)
+    commit_author = models.CharField(max_length=200, blank=True)
+    committed_at = models.DateTimeField(null=True, blank=True)
     queued_at = models.DateTimeField(default=timezone.now, db_index=True)
     run_after = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -348,6 +453,24 @@ class SyncRun(models.Model):
         """Only a run that deployed a commit can be returned to."""
         return self.status == self.Status.SUCCEEDED and bool(self.deployed_commit)
 
+    @property
+    def can_redeploy_commit(self) -> bool:
+        """A finished run that put a commit in place (a failed post-deploy command in place mode
+        did) can deploy exactly that commit again."""
+        return self.is_finished and bool(self.deployed_commit)
+
+    @property
+    def can_roll_back_before(self) -> bool:
+        """A failed run can return the directory to the commit that was there before it."""
+        return self.status == self.Status.FAILED and bool(self.previous_commit)
+
+    def _pinned(self, commit: str, user, trigger: str, what: str) -> tuple[SyncRun, bool]:
+        if not self.repository.enabled:
+            raise DeployRefused(f"'{self.repository}' is disabled: enable it before {what}.")
+        return SyncRun.request(
+            self.repository, trigger=trigger, commit=commit, pin_commit=True, user=user
+        )
+
     def roll_back(self, user=None, *, trigger: str = "admin") -> tuple[SyncRun, bool]:
         """Queue a run pinned to this run's deployed commit. Raises DeployRefused."""
         if not self.can_roll_back:
@@ -355,15 +478,41 @@ class SyncRun(models.Model):
                 f"Run #{self.pk} did not deploy a commit: "
                 "only a succeeded run can be rolled back to."
             )
-        if not self.repository.enabled:
-            raise DeployRefused(f"'{self.repository}' is disabled: enable it before rolling back.")
-        return SyncRun.request(
-            self.repository,
-            trigger=trigger,
-            commit=self.deployed_commit,
-            pin_commit=True,
-            user=user,
-        )
+        return self._pinned(self.deployed_commit, user, trigger, "rolling back")
+
+    def redeploy_commit(self, user=None, *, trigger: str = "admin") -> tuple[SyncRun, bool]:
+        """Redeploy this commit: a run pinned to this run's commit, unlike Repository.redeploy,
+        which deploys the branch tip (after a roll back, the tip is what was rolled back from).
+        Raises DeployRefused."""
+        if not self.can_redeploy_commit:
+            raise DeployRefused(
+                f"Run #{self.pk} did not put a commit in place: there is nothing to redeploy."
+            )
+        return self._pinned(self.deployed_commit, user, trigger, "redeploying")
+
+    def roll_back_before(self, user=None, *, trigger: str = "admin") -> tuple[SyncRun, bool]:
+        """A failed run's way back: a run pinned to the commit that was there before it.
+        Raises DeployRefused."""
+        if not self.can_roll_back_before:
+            raise DeployRefused(
+                f"Run #{self.pk} is not a failed run with a previous commit: "
+                "there is nothing to roll back to."
+            )
+        return self._pinned(self.previous_commit, user, trigger, "rolling back")
+
+    @property
+    def first_attempt_id(self) -> int | None:
+        """The run this retry chain started with (#15 in "attempt 3 of run #15")."""
+        run: SyncRun = self
+        for _ in range(50):  # a chain is at most SYNC_RETRIES long; never loop on bad data
+            if run.retry_of_id is None or run.retry_of is None:
+                break
+            run = run.retry_of
+        return run.pk
+
+    def attempt_label(self) -> str:
+        """'attempt 3 of run #15': the same words in the log, the admin and a retry's label."""
+        return f"attempt {self.attempt} of run #{self.first_attempt_id}"
 
     @property
     def duration(self) -> datetime.timedelta | None:
@@ -548,6 +697,9 @@ class SyncRun(models.Model):
         previous_commit: str = "",
         deployed_commit: str = "",
         post_deploy_exit_code: int | None = None,
+        commit_subject: str = "",
+        commit_author: str = "",
+        committed_at: datetime.datetime | None = None,
     ) -> bool:
         """running → succeeded/failed, written only if this worker still owns the run."""
         status = self.Status.SUCCEEDED if succeeded else self.Status.FAILED
@@ -562,6 +714,9 @@ class SyncRun(models.Model):
             previous_commit=previous_commit,
             deployed_commit=deployed_commit,
             post_deploy_exit_code=post_deploy_exit_code,
+            commit_subject=commit_subject[:500],
+            commit_author=commit_author[:200],
+            committed_at=committed_at,
         )
         if updated:
             self.refresh_from_db()
@@ -589,21 +744,22 @@ class SyncRun(models.Model):
                 if updated:
                     logger.error("SyncRun %s: worker %s lost; %s", self.pk, self.worker_id, give_up)
                 return None
-            follow_up = self.request_again(label="recovery after worker lost")
+            follow_up = self.request_again(why="after the worker was lost")
         logger.warning(
             "SyncRun %s: worker %s lost; queued %s", self.pk, self.worker_id, follow_up.pk
         )
         return follow_up
 
-    def request_again(self, *, label: str, run_after: datetime.datetime | None = None) -> SyncRun:
+    def request_again(self, *, why: str, run_after: datetime.datetime | None = None) -> SyncRun:
         """The same request once more, as the next attempt (a retry, a recovery); a run queued in
-        the meantime is newer and is returned instead."""
+        the meantime is newer and is returned instead. Its label reads "attempt 3 of run #15,
+        <why>", the words the worker's log uses."""
         run, _ = SyncRun.request(
             self.repository,
             trigger=SyncRun.Trigger.RETRY,
             commit=self.requested_commit,
             pin_commit=self.pin_commit,
-            label=label,
+            label=f"attempt {self.attempt + 1} of run #{self.first_attempt_id}, {why}",
             run_after=run_after,
             retry_of=self,
         )

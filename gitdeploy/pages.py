@@ -8,48 +8,102 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import connection
+from django.db.models import F, Window
+from django.db.models.functions import RowNumber
 from django.http import HttpResponse, JsonResponse
 from django.shortcuts import render
+from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from gitdeploy.display import commit_html
+from gitdeploy.display import (
+    commit_html,
+    first_line,
+    format_duration,
+    live_commit_html,
+    post_deploy_failed,
+    repository_state,
+)
 from gitdeploy.models import Repository, SyncRun, WorkerHeartbeat
 
 logger = logging.getLogger(__name__)
 
 
+TIMELINE_LENGTH = 5
+
+
+def recent_runs(repository_ids: list[int]) -> dict[int, list[SyncRun]]:
+    """The last TIMELINE_LENGTH runs of each repository, in one query (a window function), so the
+    landing page costs the same number of queries for one repository or fifty."""
+    ranked = (
+        SyncRun.objects.filter(repository_id__in=repository_ids)
+        .annotate(
+            rank=Window(
+                RowNumber(),
+                partition_by=[F("repository_id")],
+                order_by=[F("queued_at").desc(), F("pk").desc()],
+            )
+        )
+        .filter(rank__lte=TIMELINE_LENGTH)
+        .order_by("repository_id", "rank")
+    )
+    runs: dict[int, list[SyncRun]] = {pk: [] for pk in repository_ids}
+    for run in ranked:
+        runs[run.repository_id].append(run)
+    return runs
+
+
 @require_GET
 def landing(request):
+    """What is live where, at a glance: for each enabled repository the commit on disk (with its
+    subject, author and age), the status, the run in progress and the last runs. Anonymous
+    visitors see the status and the commits; the directory, the error text (it may name paths)
+    and the webhook URL are for signed-in staff only."""
+    staff = request.user.is_active and request.user.is_staff
+    # One query for every repository's status (RepositoryQuerySet.with_status), one for the
+    # timelines: a constant number, whatever the number of repositories.
+    rows = list(Repository.objects.filter(enabled=True).with_status().order_by("name"))
+    timelines = recent_runs([row.pk for row in rows])
     repositories = []
-    # One query for every repository's status (RepositoryQuerySet.with_status).
-    for repository in Repository.objects.filter(enabled=True).with_status().order_by("name"):
-        last_run = None
-        if repository.last_run_id:
-            last_run = {
-                "status": repository.last_run_status,
-                "label": SyncRun.Status(repository.last_run_status).label,
-                "queued_at": repository.last_run_queued_at,
-            }
+    for row in rows:
+        state, state_label = repository_state(row)
+        run_id = row.active_run_id or row.last_run_id
+        provider = row.provider_hint or ""
         # Only display-safe values reach the template: never the secret or the raw clone URL.
         repositories.append(
             {
-                "name": repository.name,
-                "branch": repository.tracked_branch,
-                "target_dir": repository.target_dir,
-                "deployed_commit": (
-                    commit_html(
-                        repository.clone_url,
-                        repository.deployed_commit,
-                        repository.provider_hint or "",
-                    )
-                    if repository.deployed_commit
-                    else ""
-                ),
-                "deployed_at": repository.deployed_at,
-                "last_run": last_run,
-                "webhook_url": request.build_absolute_uri(repository.webhook_path()),
+                "name": row.name,
+                "branch": row.tracked_branch,
+                "state": state,
+                "state_label": state_label,
+                "run_url": run_admin_url(run_id),
+                "run_id": run_id,
+                "error": first_line(row.last_run_error or "") if state == "failed" else "",
+                "live": live_commit_html(row),
+                "deployed_at": row.live_finished_at,
+                "post_deploy_failed": post_deploy_failed(row),
+                "timeline": [
+                    {
+                        "id": run.pk,
+                        "url": run_admin_url(run.pk),
+                        "status": run.status,
+                        "label": run.get_status_display(),
+                        "trigger": run.get_trigger_display(),
+                        "commit": commit_html(
+                            row.clone_url, run.deployed_commit or run.requested_commit, provider
+                        )
+                        if (run.deployed_commit or run.requested_commit)
+                        else "",
+                        "subject": run.commit_subject,
+                        "queued_at": run.queued_at,
+                        "duration": format_duration(run.duration) if run.duration else "",
+                        "live": run.pk == row.live_run_pk,
+                    }
+                    for run in timelines[row.pk]
+                ],
+                "target_dir": row.target_dir if staff else "",
+                "webhook_url": request.build_absolute_uri(row.webhook_path()) if staff else "",
             }
         )
     contact_url = settings.CONTACT_URL
@@ -58,10 +112,15 @@ def landing(request):
         "gitdeploy/landing.html",
         {
             "repositories": repositories,
+            "staff": staff,
             # A link only for a web address: an operator typo must not become a javascript: link.
             "contact_href": contact_url if contact_url.startswith(("https://", "http://")) else "",
         },
     )
+
+
+def run_admin_url(run_id: int | None) -> str:
+    return reverse("admin:gitdeploy_syncrun_change", args=[run_id]) if run_id else ""
 
 
 @never_cache

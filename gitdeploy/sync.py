@@ -26,6 +26,7 @@ the token, the clone URL's, the environment's and SyncSpec.secrets), and handed 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import fcntl
 import os
 import re
@@ -34,6 +35,7 @@ import shlex
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
@@ -55,6 +57,13 @@ DEFAULT_HTTP_USERNAME = "x-access-token"
 # Transports git may use: blocks ext:: (runs any command) and fd:: even if a URL asks for them.
 ALLOWED_PROTOCOLS = "file:git:http:https:ssh"
 
+# git errors that no retry can fix: the remote path is not a repository, the branch does not
+# exist. A person has to change the configuration first.
+_PERMANENT_GIT_ERRORS = (
+    "does not appear to be a git repository",
+    "not a git repository",
+    "couldn't find remote ref",
+)
 _ABBREV_SHA = re.compile(r"^[0-9a-f]{4,64}$")
 _FULL_SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 
@@ -175,6 +184,46 @@ def current_commit(target_dir: str, deploy_mode: str) -> str:
         return git.Repo(target_dir).head.commit.hexsha
     except (ValueError, OSError, git.exc.GitError):  # unborn HEAD, broken repository
         return ""
+
+
+@dataclass(frozen=True)
+class CommitInfo:
+    subject: str
+    author: str
+    committed_at: datetime.datetime | None
+
+
+def commit_info(target_dir: str, deploy_mode: str, sha: str) -> CommitInfo | None:
+    """Subject, author and commit time of sha in the deployed repository; None if unreadable.
+
+    Read-only and in pure Python (GitPython over gitdb: no git process, so nothing configured in
+    the target directory runs)."""
+    if not sha or not _FULL_SHA.match(sha):
+        return None
+    if deploy_mode == "atomic":
+        repo_path = os.path.join(target_dir, ".gitdeploy", "repo.git")
+    else:
+        repo_path = os.path.join(target_dir, ".git")
+    if not os.path.isdir(repo_path):
+        return None
+    try:
+        # GitPython deprecates its GitDB backend in favour of a `git cat-file` process, but that
+        # process would read the target directory's own config (include.path, ...), which no git
+        # call of ours may honour; this is one commit object, read from our own fetch.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            repo = git.Repo(repo_path, odbt=git.GitDB)
+        commit = repo.commit(sha)
+        subject = commit.summary
+        if isinstance(subject, bytes):
+            subject = subject.decode("utf-8", "replace")
+        return CommitInfo(
+            subject=subject.replace("\x00", ""),
+            author=(commit.author.name or "").replace("\x00", ""),
+            committed_at=commit.committed_datetime,
+        )
+    except (ValueError, OSError, git.exc.GitError, KeyError, AttributeError):
+        return None
 
 
 @contextlib.contextmanager
@@ -784,8 +833,9 @@ def _branch_refspec(branch: str) -> str:
 
 def _worth_retrying(stderr: str) -> bool:
     """Whether a failed fetch or ls-remote may succeed later (remote down, auth refused, ...). Not
-    when the remote answered that the branch does not exist: a person has to fix the config."""
-    return "couldn't find remote ref" not in stderr
+    when git said something no retry changes (_PERMANENT_GIT_ERRORS): a person has to fix the
+    configuration first."""
+    return not any(text in stderr for text in _PERMANENT_GIT_ERRORS)
 
 
 def _subcommand(args: tuple[str, ...]) -> str:

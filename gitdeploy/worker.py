@@ -30,7 +30,13 @@ from pathlib import Path
 
 import psycopg
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, close_old_connections, connections
+from django.db import (
+    InterfaceError,
+    OperationalError,
+    close_old_connections,
+    connections,
+    transaction,
+)
 from django.db.models import Q
 from django.utils import timezone
 from django_tasks import TaskResultStatus
@@ -225,7 +231,7 @@ def _perform(run: SyncRun) -> None:
     log = RunLog(repository.secrets())
     trigger = run.get_trigger_display()
     who = f" by {run.triggered_by_label}" if run.triggered_by_label else ""
-    log(f"sync run #{run.pk} (attempt {run.attempt}, {trigger}{who}) on worker {run.worker_id}")
+    log(f"sync run #{run.pk} ({run.attempt_label()}, {trigger}{who}) on worker {run.worker_id}")
     log(
         f"repository {repository.slug}: {repository.display_clone_url} "
         f"branch {repository.branch or '(remote default)'} -> {repository.target_dir}"
@@ -236,28 +242,42 @@ def _perform(run: SyncRun) -> None:
     try:
         result = sync.sync(spec_for(run, log.secrets), log=log.synced, heartbeat=keeper)
     except sync.SyncError as exc:
-        log(f"FAILED: {exc}")
-        failure = exc  # the except clause unbinds exc; the retries below still need it
+        # sync has logged the error itself ("ERROR: ..."): say only what happens next.
+        failure = exc  # the except clause unbinds exc; the writes below may be retried
+        retry_after = _retry_delay(run) if failure.retryable else None
+        if not failure.retryable:
+            log("FAILED: trying again cannot fix this; not retried")
+        elif retry_after is None:
+            log(f"FAILED: {run.attempt_label()} was the last; not retried")
+        else:
+            log(
+                f"FAILED: attempt {run.attempt + 1} of run #{run.first_attempt_id} "
+                f"in {retry_after:g} s"
+            )
         until_recorded(
-            lambda: run.finish(
+            lambda: _finish(
+                run,
                 succeeded=False,
                 log=log.text(),
                 error=failure.message,  # redacted by sync
                 previous_commit=failure.previous_commit,
                 deployed_commit=failure.deployed_commit,
                 post_deploy_exit_code=failure.post_deploy_exit_code,
+                **_commit_fields(repository, failure.deployed_commit),
             ),
             what=f"SyncRun {run.pk} result",
         )
-        if failure.retryable:
-            until_recorded(lambda: _schedule_retry(run), what=f"SyncRun {run.pk} retry")
+        if retry_after is not None:
+            until_recorded(
+                lambda: _schedule_retry(run, retry_after), what=f"SyncRun {run.pk} retry"
+            )
         return
     except Exception as exc:  # a bug must not leave the run 'running' until its lease expires
         log("FAILED with an unexpected error:")
         log(traceback.format_exc())
         error = redaction.redact(repr(exc), log.secrets)
         until_recorded(
-            lambda: run.finish(succeeded=False, log=log.text(), error=error),
+            lambda: _finish(run, succeeded=False, log=log.text(), error=error),
             what=f"SyncRun {run.pk} result",
         )
         logger.exception("SyncRun %s crashed", run.pk)
@@ -267,36 +287,67 @@ def _perform(run: SyncRun) -> None:
         # and queue the same request again, rather than wait for the lease to expire.
         log("INTERRUPTED: the worker was stopped before the sync finished")
         if run.finish(succeeded=False, log=log.text(), error="worker stopped during the sync"):
-            run.request_again(label=f"retry of run #{run.pk}, interrupted")
+            run.request_again(why="after the worker was stopped")
         raise
     log(f"deployed {result.deployed_commit} (was {result.previous_commit or 'nothing'})")
+    commit_fields = _commit_fields(repository, result.deployed_commit)
 
     def record() -> None:
         if not repository.branch and result.branch:
             repository.learn_default_branch(result.branch)
-        run.finish(
+        _finish(
+            run,
             succeeded=True,
             log=log.text(),
             previous_commit=result.previous_commit,
             deployed_commit=result.deployed_commit,
             post_deploy_exit_code=result.post_deploy_exit_code,
+            **commit_fields,
         )
 
     until_recorded(record, what=f"SyncRun {run.pk} result")
 
 
-def _schedule_retry(run: SyncRun) -> None:
+def _commit_fields(repository: Repository, sha: str) -> dict:
+    """The deployed commit's subject, author and time, for SyncRun.finish (empty if unknown)."""
+    info = sync.commit_info(repository.target_dir, repository.deploy_mode, sha) if sha else None
+    if info is None:
+        return {}
+    return {
+        "commit_subject": info.subject,
+        "commit_author": info.author,
+        "committed_at": info.committed_at,
+    }
+
+
+def _finish(run: SyncRun, **fields) -> None:
+    """SyncRun.finish and the live record (what the directory holds now, success or failure) in
+    one transaction: no page ever shows the run finished with the previous live commit."""
+    repository = run.repository
+    try:
+        commit: str | None = sync.current_commit(repository.target_dir, repository.deploy_mode)
+    except Exception:  # reading the directory must never fail the run's bookkeeping
+        logger.exception("SyncRun %s: cannot read the deployed commit", run.pk)
+        commit = None
+    with transaction.atomic():
+        if run.finish(**fields) and commit is not None:
+            repository.record_live(commit, run)
+
+
+def _retry_delay(run: SyncRun) -> float | None:
+    """Seconds before the next attempt, or None when the attempts are used up."""
+    if run.attempt > settings.SYNC_RETRIES:
+        return None
+    return settings.SYNC_RETRY_BACKOFF * (2 ** (run.attempt - 1))
+
+
+def _schedule_retry(run: SyncRun, delay: float) -> None:
     """A failed fetch is tried again as a new attempt of the same request, with exponential
     backoff; a newer queued request already covers it, so then nothing is added."""
-    if run.attempt > settings.SYNC_RETRIES:
-        logger.warning("SyncRun %s failed after %s attempts", run.pk, run.attempt)
-        return
-    delay = settings.SYNC_RETRY_BACKOFF * (2 ** (run.attempt - 1))
     retry = run.request_again(
-        label=f"retry {run.attempt + 1} of run #{(run.retry_of_id or run.pk)}",
-        run_after=timezone.now() + datetime.timedelta(seconds=delay),
+        why="retry", run_after=timezone.now() + datetime.timedelta(seconds=delay)
     )
-    logger.info("SyncRun %s: next attempt is run #%s (in %.1fs)", run.pk, retry.pk, delay)
+    logger.info("SyncRun %s failed: next is run #%s (in %g s)", run.pk, retry.pk, delay)
 
 
 def recover_lost(repository: Repository | None = None) -> list[SyncRun]:
@@ -423,9 +474,24 @@ def requeue_stranded(now: datetime.datetime | None = None) -> list[SyncRun]:
 STRANDED_AFTER = 30.0
 
 
+def queue_initial_syncs() -> list[SyncRun]:
+    """On start: every enabled repository that nothing was ever deployed to gets its first sync
+    (trigger "initial"), so a fresh install does not wait for a push, and a host's *Test* (a ping,
+    which deploys nothing) is not the only way to see it work. Idempotent across workers: see
+    Repository.request_initial_sync."""
+    queued = []
+    for repository in Repository.objects.filter(enabled=True, live_commit="").order_by("pk"):
+        run = repository.request_initial_sync()
+        if run is not None:
+            logger.info("queued initial sync run #%s for %s", run.pk, repository.slug)
+            queued.append(run)
+    return queued
+
+
 class WorkerMonitor(threading.Thread):
-    """Beside the db_worker loop: records this worker's heartbeat for /api/ready and recovers runs
-    whose worker died, so nothing stays 'running' forever after a kill -9."""
+    """Beside the db_worker loop: records this worker's heartbeat for /api/ready, queues the
+    initial syncs once, and recovers runs whose worker died, so nothing stays 'running' forever
+    after a kill -9. stop() removes the heartbeat: a worker that stopped cleanly is not "lost"."""
 
     def __init__(self, worker_id: str, every: float = 5.0):
         super().__init__(name="gitdeploy-monitor", daemon=True)
@@ -441,12 +507,18 @@ class WorkerMonitor(threading.Thread):
         next_prune = time.monotonic()
         next_stranded = time.monotonic() + self.STRANDED_EVERY
         database_down = False
+        initial_done = False
         while not self.stopped.is_set():
             try:
                 from gitdeploy.models import WorkerHeartbeat
 
                 WorkerHeartbeat.beat(self.worker_id, hostname, pid)
                 recover_lost()
+                if not initial_done:
+                    # After recovery, so a run lost by the previous worker is asked for again
+                    # first; retried on the next beat if the database was not ready.
+                    queue_initial_syncs()
+                    initial_done = True
                 if time.monotonic() >= next_stranded:
                     next_stranded = time.monotonic() + self.STRANDED_EVERY
                     requeue_stranded()
@@ -472,6 +544,20 @@ class WorkerMonitor(threading.Thread):
             finally:
                 close_old_connections()
             self.stopped.wait(self.every)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop beating and remove this worker's heartbeat row."""
+        from gitdeploy.models import WorkerHeartbeat
+
+        self.stopped.set()
+        if self.is_alive():
+            self.join(timeout)
+        try:
+            WorkerHeartbeat.objects.filter(worker_id=self.worker_id).delete()
+        except Exception:  # the database is gone: the row ages out and is pruned later
+            logger.warning("could not remove the heartbeat of %s", self.worker_id)
+        finally:
+            close_old_connections()
 
 
 class Waker:

@@ -136,7 +136,8 @@ def test_operator_sees_redeploy_and_rollback_buttons(client, operator, site, suc
     client_for(client, operator)
     page = body_of(client.get(reverse("admin:gitdeploy_syncrun_change", args=[succeeded_run.pk])))
     assert reverse("admin:gitdeploy_syncrun_redeploy", args=[succeeded_run.pk]) in page
-    assert reverse("admin:gitdeploy_syncrun_rollback", args=[succeeded_run.pk]) in page
+    # The live run's commit is redeployed; an older run's is rolled back to (tested below).
+    assert reverse("admin:gitdeploy_syncrun_redeploy_commit", args=[succeeded_run.pk]) in page
     page = body_of(client.get(reverse("admin:gitdeploy_repository_change", args=[site.pk])))
     assert reverse("admin:gitdeploy_repository_redeploy", args=[site.pk]) in page
 
@@ -569,7 +570,7 @@ def test_repository_page_lists_recent_runs_read_only(client, operator, site):
     assert all(f">#{run.pk}<" in page for run in newest)
     assert f">#{oldest.pk}<" not in page
     assert 'name="sync_runs-0-status"' not in page
-    assert "Deployed commit" in page
+    assert "Live commit" in page
 
 
 def test_delivery_search_by_id_and_commit(client, viewer, delivery):
@@ -769,3 +770,90 @@ def test_a_stored_body_nested_past_the_parser_limit_still_renders(client, root, 
     response = client.get(reverse("admin:gitdeploy_delivery_change", args=[delivery.pk]))
     assert response.status_code == 200
     assert "[[[[" in body_of(response)
+
+
+# --- Redeploy this commit / Deploy latest / Roll back, with confirmation (issue 9, item 4) -------
+
+
+def test_run_page_offers_two_distinct_redeploys_each_confirmed(
+    client, operator, site, succeeded_run
+):
+    client_for(client, operator)
+    url = reverse("admin:gitdeploy_syncrun_change", args=[succeeded_run.pk])
+    page = body_of(client.get(url))
+    # The live run: its commit can be deployed again (pinned), or the branch tip deployed.
+    assert "Redeploy this commit" in page and "Deploy latest" in page
+    assert "Roll back to this commit" not in page
+    assert page.count("data-confirm=") == 2, "every trigger asks for confirmation first"
+    assert "gitdeploy/admin.js" in page
+    # Once a newer run is live, the same page offers to roll back to it instead.
+    SyncRun.objects.create(
+        repository=site, trigger="webhook", status="succeeded", deployed_commit="3" * 40
+    )
+    page = body_of(client.get(url))
+    assert "Roll back to this commit" in page and "Redeploy this commit" not in page
+    assert page.count("data-confirm=") == 2
+
+    client.post(reverse("admin:gitdeploy_syncrun_redeploy_commit", args=[succeeded_run.pk]))
+    pinned = SyncRun.objects.get(status="queued")
+    assert pinned.pin_commit and pinned.requested_commit == SHA_NEW
+    client.post(reverse("admin:gitdeploy_syncrun_redeploy", args=[succeeded_run.pk]))
+    tip = SyncRun.objects.get(status="queued")
+    assert not tip.pin_commit
+
+
+def test_a_failed_run_page_offers_roll_back_to_the_previous_commit(client, operator, site):
+    failed = SyncRun.objects.create(
+        repository=site,
+        trigger="webhook",
+        status=SyncRun.Status.FAILED,
+        previous_commit=SHA_OLD,
+        error="post-deploy command failed with exit code 3",
+    )
+    client_for(client, operator)
+    page = body_of(client.get(reverse("admin:gitdeploy_syncrun_change", args=[failed.pk])))
+    assert f"Roll back to {SHA_OLD[:12]}" in page
+    url = reverse("admin:gitdeploy_syncrun_rollback_before", args=[failed.pk])
+    assert url in page
+    client.post(url)
+    back = SyncRun.objects.get(status="queued")
+    assert back.pin_commit and back.requested_commit == SHA_OLD
+
+
+def test_viewer_cannot_use_the_new_triggers(client, viewer, site, succeeded_run):
+    client_for(client, viewer)
+    for name in ["redeploy_commit", "rollback_before"]:
+        url = reverse(f"admin:gitdeploy_syncrun_{name}", args=[succeeded_run.pk])
+        assert client.post(url).status_code == 403, name
+    assert SyncRun.objects.count() == 1
+
+
+# --- Reveal the webhook secret (issue 9, item 2) --------------------------------------------------
+
+
+def test_reveal_the_secret_is_a_post_recorded_in_the_history(client, operator, site):
+    from django.contrib.admin.models import LogEntry
+
+    client_for(client, operator)
+    change = reverse("admin:gitdeploy_repository_change", args=[site.pk])
+    reveal = reverse("admin:gitdeploy_repository_reveal_secret", args=[site.pk])
+    page = body_of(client.get(change))
+    assert reveal in page and SECRET not in page
+    assert client.get(reveal).status_code == 405
+    response = client.post(reveal)
+    assert response.status_code == 200
+    assert SECRET in body_of(response)
+    assert "no-store" in response["Cache-Control"]
+    entry = LogEntry.objects.get(object_id=str(site.pk))
+    assert entry.user == operator and "Revealed the webhook secret" in entry.get_change_message()
+    assert SECRET not in body_of(client.get(change))
+
+
+def test_reveal_needs_the_change_permission(client, viewer, site):
+    client_for(client, viewer)
+    change = reverse("admin:gitdeploy_repository_change", args=[site.pk])
+    reveal = reverse("admin:gitdeploy_repository_reveal_secret", args=[site.pk])
+    assert reveal not in body_of(client.get(change))
+    response = client.post(reveal)
+    assert response.status_code == 403
+    assert SECRET not in body_of(response)

@@ -89,3 +89,44 @@ def test_the_landing_page_does_not_query_per_repository(client, make_repository)
     for _ in range(5):
         succeeded_run(make_repository())
     assert landing_queries() == one
+
+
+# --- Redeploy this commit, Deploy latest, roll back from a failed run (issue 9, item 4) ----------
+
+
+def test_redeploy_this_commit_is_pinned_unlike_deploy_latest(make_repository):
+    repository = make_repository()
+    run = succeeded_run(repository, "a" * 40)
+    pinned, _ = run.redeploy_commit(trigger=SyncRun.Trigger.CLI)
+    assert (pinned.requested_commit, pinned.pin_commit) == ("a" * 40, True)
+    tip, joined = repository.redeploy()
+    assert not joined and not tip.pin_commit, "Deploy latest replaces the pinned request"
+
+
+def test_redeploy_this_commit_needs_a_commit_in_place(make_repository):
+    repository = make_repository()
+    run, _ = SyncRun.request(repository, trigger=SyncRun.Trigger.WEBHOOK)
+    SyncRun.objects.filter(pk=run.pk).update(status=SyncRun.Status.FAILED)
+    run.refresh_from_db()
+    with pytest.raises(DeployRefused, match="nothing to redeploy"):
+        run.redeploy_commit()
+    # A failed post-deploy command in place leaves its commit checked out: that can be redeployed.
+    SyncRun.objects.filter(pk=run.pk).update(deployed_commit="b" * 40)
+    run.refresh_from_db()
+    assert run.redeploy_commit()[0].requested_commit == "b" * 40
+
+
+def test_a_failed_run_rolls_back_to_the_commit_before_it(make_repository):
+    repository = make_repository()
+    run, _ = SyncRun.request(repository, trigger=SyncRun.Trigger.WEBHOOK)
+    SyncRun.objects.filter(pk=run.pk).update(
+        status=SyncRun.Status.FAILED, previous_commit="c" * 40, deployed_commit="d" * 40
+    )
+    run.refresh_from_db()
+    back, _ = run.roll_back_before()
+    assert (back.requested_commit, back.pin_commit) == ("c" * 40, True)
+    fresh, _ = SyncRun.request(repository, trigger=SyncRun.Trigger.WEBHOOK)
+    SyncRun.objects.filter(pk=fresh.pk).update(status=SyncRun.Status.FAILED)
+    fresh.refresh_from_db()
+    with pytest.raises(DeployRefused, match="nothing to roll back to"):
+        fresh.roll_back_before()

@@ -1,8 +1,12 @@
 """The landing page: what is deployed where, and the webhook URL to paste; never a secret."""
 
+import datetime
+
 import pytest
+from django.contrib.auth.models import User
 from django.test import override_settings
 from django.urls import reverse
+from django.utils import timezone
 
 from gitdeploy.models import Repository, SyncRun
 
@@ -56,13 +60,19 @@ def test_shows_each_enabled_repository(client, site, tmp_path):
     assert "switched-off" not in page
     assert "<code>main</code>" in page
     assert "remote default" in page
-    assert str(tmp_path / "site") in page
     assert f'href="https://gitlab.com/acme/site/-/commit/{SHA}"' in page
     assert SHA[:12] in page
     assert "queued" in page
+    assert reverse("admin:index") in page
+    # Directories and webhook URLs are for signed-in staff only.
+    assert str(tmp_path / "site") not in page
+    assert "/hooks/" not in page
+    staff = User.objects.create_user("sam", password="pw-sam-12345", is_staff=True)
+    client.force_login(staff)
+    page = get_landing(client)
+    assert str(tmp_path / "site") in page
     assert "http://testserver/hooks/site/" in page
     assert "http://testserver/hooks/follows-default/" in page
-    assert reverse("admin:index") in page
 
 
 def test_never_shows_a_secret_or_clone_url_credentials(client, site):
@@ -141,3 +151,41 @@ def test_static_files_are_served_with_debug_off(client, settings):
         assert response.status_code == 200, url
         assert response["Content-Type"].startswith("text/css"), url
         response.close()
+
+
+def test_status_live_commit_and_the_last_five_runs(client, site):
+    now = timezone.now()
+    for n in range(7):
+        SyncRun.objects.create(
+            repository=site,
+            trigger="webhook",
+            status="succeeded",
+            deployed_commit=f"{n}" * 40,
+            commit_subject=f"Change number {n}",
+            commit_author="Ada",
+            committed_at=now - datetime.timedelta(minutes=10),
+            queued_at=now - datetime.timedelta(minutes=10 - n),
+            started_at=now - datetime.timedelta(minutes=10 - n),
+            finished_at=now - datetime.timedelta(minutes=10 - n, seconds=-7),
+        )
+    failed = SyncRun.objects.create(
+        repository=site,
+        trigger="webhook",
+        status="failed",
+        error=f"git fetch failed (exit 128): fatal: {site.target_dir} is broken\nsecond line",
+    )
+    page = get_landing(client)
+    assert "Change number 6" in page and "by Ada" in page  # the live commit
+    assert page.count('class="run run-') == 5
+    assert "7.0 s" in page  # durations
+    assert "failed" in page and f"see run #{failed.pk}" in page
+    assert site.target_dir not in page, "the error's first line is for staff only"
+    client.force_login(User.objects.create_user("sam", password="pw-sam-12345", is_staff=True))
+    page = get_landing(client)
+    assert f"fatal: {site.target_dir} is broken" in page and "second line" not in page
+
+
+def test_a_run_in_progress_is_shown(client, site):
+    running = SyncRun.objects.create(repository=site, trigger="webhook", status="running")
+    page = get_landing(client)
+    assert "deploying" in page and f"run #{running.pk}" in page

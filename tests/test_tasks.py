@@ -10,7 +10,7 @@ from django_tasks_db.models import DBTaskResult
 
 from gitdeploy.models import SyncRun
 from gitdeploy.worker import execute_run, recover_lost
-from tests.gitservers import HTTP_PASSWORD, HTTP_USER, git
+from tests.gitservers import HTTP_PASSWORD, HTTP_USER, free_port, git
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -67,12 +67,11 @@ def test_the_default_branch_is_learned_from_the_sync(make_repository, remote):
     assert repository.default_branch == "main"
 
 
-def test_a_failed_fetch_is_retried_with_backoff_as_new_attempts(
-    make_repository, tmp_path, settings
-):
+def test_a_failed_fetch_is_retried_with_backoff_as_new_attempts(make_repository, settings):
     settings.SYNC_RETRIES = 2
     settings.SYNC_RETRY_BACKOFF = 5
-    repository = make_repository(clone_url=f"file://{tmp_path}/missing.git")
+    # Nothing listens there: a server that is down may be back later.
+    repository = make_repository(clone_url=f"git://127.0.0.1:{free_port()}/missing.git")
     run, _ = SyncRun.request(repository, trigger=SyncRun.Trigger.WEBHOOK)
     attempts = [run]
     for expected_attempt in (2, 3):
@@ -82,6 +81,8 @@ def test_a_failed_fetch_is_retried_with_backoff_as_new_attempts(
         retry = SyncRun.objects.get(status=SyncRun.Status.QUEUED)
         assert retry.attempt == expected_attempt and retry.retry_of_id == attempts[-1].pk
         assert retry.trigger == SyncRun.Trigger.RETRY
+        assert retry.triggered_by_label == f"attempt {expected_attempt} of run #{run.pk}, retry"
+        assert f"attempt {expected_attempt} of run #{run.pk} in " in attempts[-1].log
         assert retry.run_after > timezone.now() + datetime.timedelta(seconds=2)
         # The backoff is the task's run_after too, so the worker does not pick it up early.
         task = DBTaskResult.objects.filter(args_kwargs__args=[retry.pk]).get()
@@ -91,7 +92,26 @@ def test_a_failed_fetch_is_retried_with_backoff_as_new_attempts(
     execute_run(attempts[-1].pk, worker_id="w")
     assert not SyncRun.objects.filter(status=SyncRun.Status.QUEUED).exists(), "retries exhausted"
     assert SyncRun.objects.filter(status=SyncRun.Status.FAILED).count() == 3
-    assert all("missing.git" in run.error for run in SyncRun.objects.all())
+    assert all("unable to connect" in run.error for run in SyncRun.objects.all())
+    last = SyncRun.objects.get(pk=attempts[-1].pk)
+    assert f"attempt 3 of run #{run.pk} was the last; not retried" in last.log
+
+
+@pytest.mark.parametrize("problem", ["not a repository", "unknown branch"])
+def test_a_failure_no_retry_can_fix_is_not_retried(make_repository, remote, tmp_path, problem):
+    if problem == "not a repository":
+        (tmp_path / "plain-dir").mkdir()
+        repository = make_repository(clone_url=f"file://{tmp_path}/plain-dir")
+    else:
+        repository = make_repository(clone_url=remote.url, branch="no-such-branch")
+    run, _ = SyncRun.request(repository, trigger=SyncRun.Trigger.WEBHOOK)
+    execute_run(run.pk, worker_id="w")
+    run.refresh_from_db()
+    assert run.status == SyncRun.Status.FAILED, run.log
+    assert not SyncRun.objects.filter(status=SyncRun.Status.QUEUED).exists(), run.log
+    assert "FAILED: trying again cannot fix this; not retried" in run.log
+    # The error is in the log once, not as ERROR and then again as FAILED.
+    assert run.log.count(run.error.splitlines()[0]) == 1, run.log
 
 
 def test_a_retry_keeps_the_directory_at_its_last_good_commit(make_repository, remote, tmp_path):

@@ -66,6 +66,27 @@ def start_worker(subprocess_env, tmp_path):
         worker.stop(signal.SIGKILL)
 
 
+@pytest.fixture
+def deployed_repository(make_repository):
+    """A repository deployed once already (in this process, before any worker starts), so a
+    starting worker has no initial sync to queue and the test's push is the next run. The
+    post-deploy command is set after that first deploy."""
+    from gitdeploy.models import Repository
+    from gitdeploy.worker import execute_run
+
+    def make(post_deploy_command="", **fields):
+        repository = make_repository(**fields)
+        run, _ = SyncRun.request(repository, trigger=SyncRun.Trigger.CLI)
+        execute_run(run.pk, worker_id="setup")
+        run.refresh_from_db()
+        assert run.status == SyncRun.Status.SUCCEEDED, run.log
+        Repository.objects.filter(pk=repository.pk).update(post_deploy_command=post_deploy_command)
+        repository.refresh_from_db()
+        return repository
+
+    return make
+
+
 def wait_for(predicate, timeout=60.0, interval=0.05, message="condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -121,8 +142,15 @@ def finished(run_id):
 
 def test_a_worker_process_syncs_a_pushed_commit(client, make_repository, remote, start_worker):
     repository = make_repository(clone_url=remote.url)
+    first = remote.tip()
     worker = start_worker()
     wait_for(WorkerHeartbeat.latest, timeout=30, message="the worker's first heartbeat")
+    # Nothing was deployed: the worker's start queued the first deploy, without a push.
+    initial = wait_for(
+        lambda: SyncRun.objects.filter(trigger="initial", status="succeeded").first(),
+        message="the initial sync",
+    )
+    assert initial.deployed_commit == first == head(repository.target_dir), worker.output()
 
     tip = remote.commit({"index.html": "<h1>v2</h1>\n"}, "v2")
     answer = push_webhook(client, repository, tip, "delivery-1")
@@ -135,6 +163,7 @@ def test_a_worker_process_syncs_a_pushed_commit(client, make_repository, remote,
     print(f"queued -> started: {(run.started_at - run.queued_at).total_seconds():.3f}s")
     assert Delivery.objects.get().sync_run_id == run.pk
     assert worker.stop() == 0
+    assert not WorkerHeartbeat.objects.filter(worker_id="worker-1").exists(), "a clean stop"
 
 
 def test_on_postgresql_a_push_wakes_an_idle_worker_without_waiting_for_its_poll(
@@ -159,7 +188,7 @@ def test_on_postgresql_a_push_wakes_an_idle_worker_without_waiting_for_its_poll(
 
 def test_kill_9_mid_sync_is_recovered_and_leaves_a_consistent_directory(
     client,
-    make_repository,
+    deployed_repository,
     remote,
     start_worker,
     tmp_path,
@@ -167,7 +196,7 @@ def test_kill_9_mid_sync_is_recovered_and_leaves_a_consistent_directory(
     slow = tmp_path / "slow-post-deploy"
     slow.touch()
     started = tmp_path / "post-deploy-started"
-    repository = make_repository(
+    repository = deployed_repository(
         clone_url=remote.url,
         # Slow only while the marker exists, so the recovered run can finish quickly.
         post_deploy_command=f'touch "{started}"; if [ -e "{slow}" ]; then sleep 60; fi',
@@ -205,10 +234,10 @@ def test_kill_9_mid_sync_is_recovered_and_leaves_a_consistent_directory(
 
 
 def test_sigterm_lets_the_current_run_finish(
-    client, make_repository, remote, start_worker, tmp_path
+    client, deployed_repository, remote, start_worker, tmp_path
 ):
     started = tmp_path / "post-deploy-started"
-    repository = make_repository(
+    repository = deployed_repository(
         clone_url=remote.url, post_deploy_command=f'touch "{started}"; sleep 2; echo finished'
     )
     worker = start_worker()
@@ -223,11 +252,11 @@ def test_sigterm_lets_the_current_run_finish(
 
 def test_a_burst_of_pushes_gives_at_most_three_syncs_and_ends_at_the_last_commit(
     client,
-    make_repository,
+    deployed_repository,
     remote,
     start_worker,
 ):
-    repository = make_repository(clone_url=remote.url, post_deploy_command="sleep 1")
+    repository = deployed_repository(clone_url=remote.url, post_deploy_command="sleep 1")
     # SQLite serialises writers; one worker there, two on PostgreSQL.
     workers = [start_worker("worker-1")]
     if not is_sqlite():
@@ -249,7 +278,7 @@ def test_a_burst_of_pushes_gives_at_most_three_syncs_and_ends_at_the_last_commit
         timeout=120,
         message="every run to finish",
     )
-    ran = SyncRun.objects.exclude(started_at=None)
+    ran = SyncRun.objects.exclude(started_at=None).exclude(worker_id="setup")
     assert ran.count() <= 3, list(ran.values_list("pk", "status", "deployed_commit"))
     assert not SyncRun.objects.filter(status=SyncRun.Status.FAILED).exists()
     final = SyncRun.objects.filter(status=SyncRun.Status.SUCCEEDED).order_by("-finished_at").first()
@@ -274,10 +303,10 @@ def test_the_worker_reports_a_heartbeat_with_its_pid(start_worker, db):
 
 
 def test_a_second_sigterm_stops_at_once_and_the_request_is_queued_again(
-    client, make_repository, remote, start_worker, tmp_path
+    client, deployed_repository, remote, start_worker, tmp_path
 ):
     started = tmp_path / "post-deploy-started"
-    repository = make_repository(
+    repository = deployed_repository(
         clone_url=remote.url, post_deploy_command=f'touch "{started}"; sleep 60'
     )
     worker = start_worker()

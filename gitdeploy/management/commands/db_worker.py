@@ -5,7 +5,9 @@ and the README run plain `manage.py db_worker`): only the gitdeploy queue, poll 
 a queued run starts within 0.1 s, no random start-up delay, and no auto-reloader (a reload would
 abandon a running sync). The loop is gitdeploy.worker.ResilientWorker, which outlives database
 restarts and stops cleanly; the monitor (gitdeploy.worker.WorkerMonitor) records a heartbeat for
-/api/ready, recovers runs whose worker died and requeues runs whose task was lost.
+/api/ready, queues the initial sync of every repository nothing was deployed to yet, recovers
+runs whose worker died and requeues runs whose task was lost; a clean stop removes the heartbeat
+row.
 """
 
 from django.conf import settings
@@ -68,5 +70,4 @@ class Command(db_worker.Command):
             loop.configure_signals()
             loop.run()
         finally:
-            monitor.stopped.set()
-            monitor.join(timeout=10)
+            monitor.stop()
