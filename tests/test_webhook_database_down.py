@@ -58,16 +58,12 @@ def test_webhook_answers_503_json_when_the_database_is_unreachable(
         "DATABASE_URL": unreachable_database_url,
         "DB_CONNECT_TIMEOUT": "2",
         "DATA_DIR": str(tmp_path / "data"),
+        "WEB_BIND": f"127.0.0.1:{port}",
+        "WEB_CONCURRENCY": "1",
     }
     server = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "gunicorn"),
-            "project.wsgi:application",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            "1",
-        ],
+        # As gitdeploy serves itself: gunicorn.conf.py in the project directory.
+        [str(Path(sys.executable).parent / "gunicorn")],
         cwd=PROJECT_ROOT,
         env=env,
         stdout=subprocess.PIPE,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import json
 import socket
 import subprocess
@@ -37,10 +38,11 @@ def signed_raw(body: bytes, *, event="push", secret=TEST_SECRET) -> dict:
 def server(subprocess_env, tmp_path):
     port = free_port()
     log = open(tmp_path / "gunicorn.log", "wb")  # noqa: SIM115 - closed below
+    # As gitdeploy serves itself: gunicorn.conf.py in the project directory.
+    env = {**subprocess_env, "WEB_BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": "1"}
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "gunicorn"), "project.wsgi:application",
-         "--bind", f"127.0.0.1:{port}", "--workers", "1"],
-        cwd=PROJECT_ROOT, env=subprocess_env, stdout=log, stderr=subprocess.STDOUT,
+        [str(Path(sys.executable).parent / "gunicorn")],
+        cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     deadline = time.monotonic() + 30
     while True:
@@ -58,10 +60,10 @@ def server(subprocess_env, tmp_path):
 
 
 def raw_request(port: int, data: bytes) -> tuple[int, bytes]:
-    """Sends bytes as they are (no client library would send these) and reads the answer."""
+    """Sends bytes as they are (no client library would send these) and reads the answer,
+    keeping the sending side open like a client still uploading."""
     with socket.create_connection(("127.0.0.1", port), timeout=20) as connection:
         connection.sendall(data)
-        connection.shutdown(socket.SHUT_WR)
         answer = b""
         while chunk := connection.recv(65536):
             answer += chunk
@@ -84,7 +86,9 @@ def test_a_content_length_past_every_integer_range_is_413_and_recorded(server, m
     assert delivery.body_size == 2**63 - 1  # clamped to what the column holds
 
 
-def test_a_malformed_chunked_body_is_400_and_recorded(server, make_repository):
+def test_a_malformed_chunked_body_is_400(server, make_repository):
+    """The server refuses broken framing itself (400) before the request reaches Django: no
+    repository was reached, so there is nothing to record."""
     repository = make_repository()
     status, body = raw_request(
         server,
@@ -94,7 +98,30 @@ def test_a_malformed_chunked_body_is_400_and_recorded(server, make_repository):
         "zz\r\n{}\r\n0\r\n\r\n".encode(),
     )
     assert status == 400, body
-    assert json.loads(body)["status"] == "rejected"
+    assert not Delivery.objects.exists()
+
+
+def test_a_body_a_wsgi_server_cannot_read_is_400_and_recorded(make_repository):
+    """Under a WSGI server the view reads the body itself: a stream that fails (gunicorn's sync
+    worker raises on broken chunks) is the client's fault, recorded and answered 400."""
+    from django.test import RequestFactory
+
+    from gitdeploy.views import webhook
+
+    class BrokenStream(io.RawIOBase):
+        def read(self, size=-1):
+            raise ValueError("Invalid chunk size")
+
+    repository = make_repository()
+    request = RequestFactory().post(
+        f"/hooks/{repository.slug}/", data=b"", content_type="application/json",
+        headers={"X-GitHub-Event": "push"},
+    )  # fmt: skip
+    request.META.pop("CONTENT_LENGTH", None)
+    request.META["wsgi.input"] = BrokenStream()
+    request.META["wsgi.input_terminated"] = True
+    response = webhook(request, slug=repository.slug)
+    assert response.status_code == 400, response.content
     delivery = Delivery.objects.get()
     assert delivery.status_code == 400 and "could not be read" in delivery.reason
 
