@@ -58,13 +58,14 @@ run: migrate
 	@trap 'stopping=1' INT; trap 'stopping=1; kill -TERM $$web $$worker 2>/dev/null' TERM; \
 	$(BIN)/python manage.py db_worker & worker=$$!; \
 	$(BIN)/gunicorn project.wsgi:application --bind $(HOST):$(PORT) --workers $(WEB_CONCURRENCY) \
-		--access-logfile - & web=$$!; \
+		--access-logfile - --config python:gitdeploy.gunicorn_conf & web=$$!; \
 	wait -n $$web $$worker; status=$$?; \
 	[ -n "$${stopping:-}" ] || kill -TERM $$web $$worker 2>/dev/null; \
 	wait; exit $$status
 
 web: migrate
-	$(BIN)/gunicorn project.wsgi:application --bind $(HOST):$(PORT) --workers $(WEB_CONCURRENCY) --access-logfile -
+	$(BIN)/gunicorn project.wsgi:application --bind $(HOST):$(PORT) --workers $(WEB_CONCURRENCY) --access-logfile - \
+		--config python:gitdeploy.gunicorn_conf
 
 worker: migrate
 	$(BIN)/python manage.py db_worker

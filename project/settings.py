@@ -11,6 +11,7 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from gitdeploy import logs
 from project.env import env_bool, env_float, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -262,11 +263,9 @@ DELIVERY_RETENTION_DAYS = env_int("DELIVERY_RETENTION_DAYS", 0)
 # How long /api/ready accepts since the last worker heartbeat.
 WORKER_HEARTBEAT_MAX_AGE = env_float("WORKER_HEARTBEAT_MAX_AGE", 60.0, minimum=1)
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "INFO"}},
-}
+# LOG_FORMAT=json: one JSON object per line (gitdeploy.logs), for web, worker and access logs.
+try:
+    LOG_FORMAT = logs.log_format({"LOG_FORMAT": os.environ.get("LOG_FORMAT", "")})
+except ValueError as exc:
+    raise ImproperlyConfigured(str(exc)) from None
+LOGGING = logs.logging_config(LOG_FORMAT, os.environ.get("LOG_LEVEL", "INFO"))
