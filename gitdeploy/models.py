@@ -319,6 +319,9 @@ class SyncRun(models.Model):
     log = models.TextField(blank=True)
     error = models.TextField(blank=True)
     post_deploy_exit_code = models.IntegerField(null=True, blank=True)
+    # What was sent about the run (notifications, the Git host's deploy status) and what failed:
+    # written by gitdeploy.reporting around the run, the one field added to after it finished.
+    notifications = models.TextField(blank=True)
 
     objects = SyncRunQuerySet.as_manager()
 

@@ -18,7 +18,11 @@ import contextlib
 import logging
 from collections.abc import Iterator
 
-from gitdeploy import logs
+from django.db.models import Value
+from django.db.models.functions import Concat
+from django.utils import timezone
+
+from gitdeploy import logs, notify
 from gitdeploy.models import SyncRun
 
 logger = logging.getLogger("gitdeploy.runs")
@@ -90,8 +94,19 @@ def run_finished(run: SyncRun, *, network: bool = True) -> None:
         run.refresh_from_db()
         with run_context(run):
             _log_result(run)
+            if network:
+                record(run, notify.after_run(run))
     except Exception:
         logger.exception("sync run #%s: reporting its result failed", run.pk)
+
+
+def record(run: SyncRun, outcomes: list[str]) -> None:
+    """Keeps what was sent and what failed on the run (SyncRun.notifications), for the admin."""
+    if not outcomes:
+        return
+    stamp = timezone.now().strftime("%H:%M:%S")
+    text = "".join(f"{stamp} {line}\n" for line in outcomes)
+    SyncRun.objects.filter(pk=run.pk).update(notifications=Concat("notifications", Value(text)))
 
 
 def run_lost(run: SyncRun) -> None:

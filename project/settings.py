@@ -263,6 +263,22 @@ DELIVERY_RETENTION_DAYS = env_int("DELIVERY_RETENTION_DAYS", 0)
 # How long /api/ready accepts since the last worker heartbeat.
 WORKER_HEARTBEAT_MAX_AGE = env_float("WORKER_HEARTBEAT_MAX_AGE", 60.0, minimum=1)
 
+# --- Operations: notifications, metrics, deploy status on the Git host, retention ---------------
+# The admin's address as the outside world reaches it, for links in notifications and on the Git
+# host (e.g. https://deploy.example.com). Unset: links are paths.
+PUBLIC_URL = os.environ.get("PUBLIC_URL", "")
+# After a failed run, and the first success after one (gitdeploy.notify). NOTIFY_WEBHOOK_URL and
+# EMAIL_HOST_PASSWORD (or their _FILE) are read by the worker when it sends, never here: the web
+# process does not need them.
+NOTIFY_EMAILS = env_list("NOTIFY_EMAILS")
+NOTIFY_TIMEOUT = env_float("NOTIFY_TIMEOUT", 10.0, minimum=1)
+EMAIL_HOST = os.environ.get("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1)
+EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
+DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "gitdeploy@localhost")
+
 # LOG_FORMAT=json: one JSON object per line (gitdeploy.logs), for web, worker and access logs.
 try:
     LOG_FORMAT = logs.log_format({"LOG_FORMAT": os.environ.get("LOG_FORMAT", "")})
