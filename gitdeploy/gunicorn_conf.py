@@ -3,6 +3,9 @@
     gunicorn project.wsgi:application -c python:gitdeploy.gunicorn_conf ...
     (docker/gunicorn.conf.py imports these names)
 
+- on_starting / child_exit: the web's Prometheus values live in METRICS_DIR/web, emptied when the
+  master starts and pointed at by PROMETHEUS_MULTIPROC_DIR for the workers it forks; a worker that
+  exits has its live gauges marked dead (gitdeploy.multiproc).
 - logger_class: with LOG_FORMAT=json, gunicorn's own lines and its access log are JSON objects
   like the application's (gitdeploy.logs), the access log with its fields (method, path, status,
   duration, ...) as keys.
@@ -16,7 +19,17 @@ import logging
 
 from gunicorn import glogging
 
-from gitdeploy import logs
+from gitdeploy import logs, multiproc
+
+
+def on_starting(server) -> None:
+    multiproc.use(multiproc.fresh(multiproc.metrics_root() / multiproc.WEB))
+
+
+def child_exit(server, worker) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
 
 
 class GunicornLogger(glogging.Logger):

@@ -11,7 +11,7 @@ import functools
 import logging
 import time
 
-from gitdeploy import logs, providers
+from gitdeploy import logs, metrics, providers
 
 logger = logging.getLogger("gitdeploy.deliveries")
 
@@ -36,6 +36,7 @@ def delivery_received(repository, headers, receipt) -> None:
     provider = (
         delivery.provider if delivery is not None else providers.read_envelope(headers).provider
     )
+    metrics.count_delivery(repository.slug, provider, verdict)
     logger.log(
         logging.WARNING if verdict == "rejected" else logging.INFO,
         "delivery %s: %s (%s): %s",
@@ -54,4 +55,4 @@ def delivery_received(repository, headers, receipt) -> None:
 
 
 def _observe(status_code: int, seconds: float) -> None:
-    """Filled in by the metrics part."""
+    metrics.observe_webhook_request(status_code, seconds)

@@ -22,7 +22,7 @@ from django.db.models import Value
 from django.db.models.functions import Concat
 from django.utils import timezone
 
-from gitdeploy import logs, notify
+from gitdeploy import logs, metrics, notify
 from gitdeploy.models import SyncRun
 
 logger = logging.getLogger("gitdeploy.runs")
@@ -94,6 +94,7 @@ def run_finished(run: SyncRun, *, network: bool = True) -> None:
         run.refresh_from_db()
         with run_context(run):
             _log_result(run)
+            metrics.record_run(run)
             if network:
                 record(run, notify.after_run(run))
     except Exception:

@@ -11,7 +11,7 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
-from gitdeploy import logs
+from gitdeploy import logs, multiproc
 from project.env import env_bool, env_float, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -59,7 +59,7 @@ HTTPS = env_bool("HTTPS", False)
 if HTTPS:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_SSL_REDIRECT = True
-    SECURE_REDIRECT_EXEMPT = [r"^api/health$", r"^api/ready$"]
+    SECURE_REDIRECT_EXEMPT = [r"^api/health$", r"^api/ready$", r"^metrics$"]
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
     SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000)
@@ -278,6 +278,17 @@ EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
 EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
 EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
 DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "gitdeploy@localhost")
+
+# GET /metrics (gitdeploy.metrics): each process's values live in its own directory under
+# METRICS_DIR (gitdeploy.multiproc); a db_worker claims its directory here, before anything imports
+# prometheus-client (gunicorn's master does it for the web in gitdeploy.gunicorn_conf).
+METRICS_DIR = multiproc.metrics_root(base_dir=BASE_DIR)
+METRICS_TOKEN = env_str("METRICS_TOKEN")
+if _command == "db_worker":
+    try:
+        multiproc.use(multiproc.claim_worker_dir(METRICS_DIR))
+    except OSError as exc:
+        print(f"METRICS_DIR={METRICS_DIR}: {exc}; metrics not exported", file=sys.stderr)
 
 # LOG_FORMAT=json: one JSON object per line (gitdeploy.logs), for web, worker and access logs.
 try:
