@@ -22,7 +22,7 @@ from django.db.models import Value
 from django.db.models.functions import Concat
 from django.utils import timezone
 
-from gitdeploy import logs, metrics, notify
+from gitdeploy import hoststatus, logs, metrics, notify
 from gitdeploy.models import SyncRun
 
 logger = logging.getLogger("gitdeploy.runs")
@@ -65,6 +65,7 @@ def run_started(run: SyncRun) -> None:
     try:
         with run_context(run):
             _log_start(run)
+            record(run, hoststatus.started(run))
     except Exception:
         logger.exception("sync run #%s: reporting its start failed", run.pk)
 
@@ -96,7 +97,7 @@ def run_finished(run: SyncRun, *, network: bool = True) -> None:
             _log_result(run)
             metrics.record_run(run)
             if network:
-                record(run, notify.after_run(run))
+                record(run, notify.after_run(run) + hoststatus.finished(run))
     except Exception:
         logger.exception("sync run #%s: reporting its result failed", run.pk)
 

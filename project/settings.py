@@ -278,6 +278,9 @@ EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
 EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
 EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
 DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "gitdeploy@localhost")
+# The deploy status on the Git host (gitdeploy.hoststatus): its tokens (STATUS_TOKEN[_<SLUG>]) and
+# per-repository overrides are read by the worker when it reports, never here.
+STATUS_ENVIRONMENT = os.environ.get("STATUS_ENVIRONMENT", "production")
 
 # GET /metrics (gitdeploy.metrics): each process's values live in its own directory under
 # METRICS_DIR (gitdeploy.multiproc); a db_worker claims its directory here, before anything imports
