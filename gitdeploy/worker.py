@@ -34,7 +34,7 @@ from django.utils import timezone
 from django_tasks import TaskResultStatus
 from django_tasks_db.management.commands.db_worker import Worker
 
-from gitdeploy import reporting, sync
+from gitdeploy import reporting, retention, sync
 from gitdeploy.models import Repository, SyncRun, redact_url
 
 logger = logging.getLogger(__name__)
@@ -359,6 +359,7 @@ def prune_housekeeping(now: datetime.datetime | None = None) -> dict[str, int]:
     if settings.DELIVERY_RETENTION_DAYS:
         cutoff = now - datetime.timedelta(days=settings.DELIVERY_RETENTION_DAYS)
         pruned["deliveries"] = Delivery.objects.filter(received_at__lt=cutoff).delete()[0]
+    pruned["sync_runs"] = retention.prune_runs(now)  # RETENTION_DAYS, when set
     return pruned
 
 

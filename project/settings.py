@@ -260,6 +260,9 @@ LOCK_DIR = Path(os.environ.get("LOCK_DIR") or DATA_DIR / "locks")
 # when set, deliveries older than this many days (0: keep every delivery).
 TASK_RESULT_RETENTION_DAYS = env_int("TASK_RESULT_RETENTION_DAYS", 7, minimum=1)
 DELIVERY_RETENTION_DAYS = env_int("DELIVERY_RETENTION_DAYS", 0)
+# Finished sync runs older than this many days are deleted (gitdeploy.retention), keeping each
+# repository's last success and every run whose commit is still on disk; 0: keep them all.
+RETENTION_DAYS = env_int("RETENTION_DAYS", 0)
 # How long /api/ready accepts since the last worker heartbeat.
 WORKER_HEARTBEAT_MAX_AGE = env_float("WORKER_HEARTBEAT_MAX_AGE", 60.0, minimum=1)
 
