@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gitdeploy import metrics
-from gitdeploy.models import SyncRun
+from gitdeploy.models import SyncRun, WorkerHeartbeat
 from gitdeploy.worker import execute_run
 from tests.conftest import PROJECT_ROOT, TEST_SECRET
 from tests.gitservers import free_port, wait_for_port
@@ -192,6 +192,7 @@ def test_figures_add_up_across_gunicorn_workers_and_the_sync_worker(
     )
     try:
         wait_for_port(port, timeout=30, proc=web)
+        wait_for(WorkerHeartbeat.latest, timeout=30, message="the worker's start")
         assert not stale_web.exists() and not stale_worker.exists()
         pushes = 6
         for n in range(pushes):
