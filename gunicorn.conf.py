@@ -8,9 +8,13 @@ directory, so plain `gunicorn` in the project directory starts the service.
   environment at start, never baked into the image.
 - X-Forwarded-* is trusted only from FORWARDED_ALLOW_IPS (default: loopback); the compose stack
   sets it for its caddy proxy.
+- gitdeploy.gunicorn_conf's hooks: JSON access and error logs with LOG_FORMAT=json, and the web's
+  Prometheus directory (emptied at start, dead workers marked).
 """
 
 import os
+
+from gitdeploy.gunicorn_conf import child_exit, logger_class, on_starting  # noqa: F401
 
 wsgi_app = "project.asgi:application"
 worker_class = "asgi"

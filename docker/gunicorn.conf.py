@@ -6,6 +6,9 @@ from the container's environment at start rather than baked into the image.
 
 import os
 
+# JSON access and error logs with LOG_FORMAT=json; the metrics directory's hooks.
+from gitdeploy.gunicorn_conf import child_exit, logger_class, on_starting  # noqa: F401
+
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 accesslog = "-"
 # The only client that reaches gunicorn with X-Forwarded-* headers is the caddy proxy on the compose

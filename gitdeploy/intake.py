@@ -18,6 +18,7 @@ committed, so a 2xx never claims more than the database holds.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import hashlib
 import re
 from collections.abc import Mapping
@@ -77,6 +78,8 @@ class Inspection:
     # longer than their column): they were made safe, and a ref among them is refused.
     unsafe_fields: tuple[str, ...] = ()
     unreadable: str = ""
+    # A signed GitLab delivery's webhook-id (Standard Webhooks): receive() refuses its reuse.
+    replay_key: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +116,7 @@ def inspect(repository: Repository, incoming: IncomingWebhook) -> Inspection:
     envelope = storable_envelope(providers.read_envelope(incoming.headers))
     if incoming.unreadable:
         return Inspection(envelope, Delivery.Signature.NOT_CHECKED, unreadable=incoming.unreadable)
-    signature, signature_reason = _verify(repository, envelope, incoming)
+    signature, signature_reason, replay_key = _verify(repository, envelope, incoming)
     trusted = signature in (Delivery.Signature.VALID, Delivery.Signature.UNSIGNED_ALLOWED)
     if incoming.declared_size is not None or not trusted or not envelope.provider:
         return Inspection(envelope, signature, signature_reason, None, "", incoming.declared_size)
@@ -124,27 +127,31 @@ def inspect(repository: Repository, incoming: IncomingWebhook) -> Inspection:
     except providers.BadPayload as exc:
         return Inspection(envelope, signature, signature_reason, None, exc.message)
     event, unsafe = storable_event(event)
-    return Inspection(envelope, signature, signature_reason, event, unsafe_fields=unsafe)
+    return Inspection(
+        envelope, signature, signature_reason, event, unsafe_fields=unsafe, replay_key=replay_key
+    )
 
 
 def _verify(
     repository: Repository, envelope: providers.Envelope, incoming: IncomingWebhook
-) -> tuple[str, str]:
+) -> tuple[str, str, str]:
+    """(signature state, reason, replay key)."""
     if incoming.declared_size is not None:
-        return Delivery.Signature.NOT_CHECKED, ""
+        return Delivery.Signature.NOT_CHECKED, "", ""
     if repository.webhook_secret:
         if not envelope.provider:
-            return Delivery.Signature.MISSING, UNKNOWN_HOST
+            return Delivery.Signature.MISSING, UNKNOWN_HOST, ""
         verification = providers.verify(
             envelope, incoming.headers, incoming.body, repository.webhook_secret
         )
-        return verification.state, verification.reason
+        return verification.state, verification.reason, verification.replay_key
     if repository.effective_allow_unsigned:
-        return Delivery.Signature.UNSIGNED_ALLOWED, ""
+        return Delivery.Signature.UNSIGNED_ALLOWED, "", ""
     return (
         Delivery.Signature.MISSING,
         "this repository has no webhook secret, and unsigned deliveries are not allowed "
         "(set a secret, or ALLOW_UNSIGNED_WEBHOOKS=true on a private network)",
+        "",
     )
 
 
@@ -272,6 +279,11 @@ def _record(
         if flooded is not None:
             return flooded
     with transaction.atomic():
+        if inspection.replay_key and verdict != Delivery.Verdict.REJECTED:
+            replayed = _replayed(repository, inspection.replay_key)
+            if replayed:
+                decision = Decision(Delivery.Verdict.REJECTED, replayed, 409)
+                verdict, reason, status_code = decision.verdict, decision.reason, 409
         if event is not None and event.kind == "push" and event.default_branch:
             if "default_branch" not in inspection.unsafe_fields:  # cut to fit: not a branch
                 repository.learn_default_branch(event.default_branch)
@@ -313,6 +325,7 @@ def _record(
             provider=envelope.provider,
             event=envelope.event,
             delivery_id=envelope.delivery_id,
+            webhook_id=inspection.replay_key,
             content_type=storable(incoming.content_type, 200),
             headers=_stored_headers(incoming, keep_all=verdict != Delivery.Verdict.REJECTED),
             **_stored_body(incoming, keep_all=verdict != Delivery.Verdict.REJECTED),
@@ -329,6 +342,29 @@ def _record(
         )
     body: dict[str, Any] = {"delivery": delivery.pk, **delivery.response_body}
     return Receipt(delivery, run, joined, status_code, body)
+
+
+def _replayed(repository: Repository, webhook_id: str) -> str:
+    """Why a signed delivery is a replay: its webhook-id was accepted within the signature's
+    tolerance (older ones fail the timestamp check). "" when it is new. The repository's row lock
+    makes two copies arriving at once see each other."""
+    Repository.objects.select_for_update().filter(pk=repository.pk).first()
+    since = timezone.now() - datetime.timedelta(seconds=providers.REPLAY_WINDOW)
+    earlier = (
+        Delivery.objects.filter(
+            repository=repository, webhook_id=webhook_id, received_at__gte=since
+        )
+        .exclude(verdict=Delivery.Verdict.REJECTED)
+        .order_by("pk")
+        .first()
+    )
+    if earlier is None:
+        return ""
+    return (
+        f"webhook-id {echo(webhook_id)!r} was already accepted at {earlier.received_at:%H:%M:%S} "
+        f"(delivery #{earlier.pk}): a signed delivery is accepted once within "
+        f"{providers.REPLAY_WINDOW // 60} minutes"
+    )
 
 
 def _count_if_flooding(

@@ -288,6 +288,8 @@ class Delivery(models.Model):
     provider = models.CharField(max_length=20, blank=True)
     event = models.CharField(max_length=100, blank=True)
     delivery_id = models.CharField(max_length=200, blank=True, db_index=True)
+    # A signed GitLab delivery's webhook-id (Standard Webhooks), refused when reused (intake).
+    webhook_id = models.CharField(max_length=200, blank=True)
     content_type = models.CharField(max_length=200, blank=True)
     headers = models.JSONField(default=dict)
     body = models.TextField(blank=True)
@@ -329,6 +331,7 @@ class Delivery(models.Model):
         verbose_name_plural = "deliveries"
         indexes = [
             models.Index(fields=["repository", "delivery_id"]),
+            models.Index(fields=["repository", "webhook_id"]),
             # Counting a source's rejected deliveries in the current minute (intake's flood limit).
             models.Index(fields=["repository", "remote_addr", "received_at"]),
         ]
@@ -423,6 +426,9 @@ class SyncRun(models.Model):
     log = models.TextField(blank=True)
     error = models.TextField(blank=True)
     post_deploy_exit_code = models.IntegerField(null=True, blank=True)
+    # What was sent about the run (notifications, the Git host's deploy status) and what failed:
+    # written by gitdeploy.reporting around the run, the one field added to after it finished.
+    notifications = models.TextField(blank=True)
 
     objects = SyncRunQuerySet.as_manager()
 

@@ -17,17 +17,33 @@ Signature choices:
 - Gitea / Forgejo / Gogs: bare hex HMAC-SHA256 in ``X-Forgejo-Signature``, ``X-Gitea-Signature`` or
   ``X-Gogs-Signature`` (newer Gitea also sends ``X-Hub-Signature-256``, used as a fallback).
 - Bitbucket Cloud and Server: ``X-Hub-Signature: sha256=<hex>``.
-- GitLab: ``X-Gitlab-Token`` must equal the secret. (GitLab's newer HMAC "signing token", sent as
-  ``webhook-signature``, is not supported yet; the plain token header is still sent alongside.)
+- GitLab: ``X-Gitlab-Token`` must equal the secret. A secret that is a signing token
+  (``whsec_`` + base64 of the key) also accepts GitLab's signed deliveries, which follow the
+  Standard Webhooks specification: ``webhook-signature: v1,<base64 HMAC-SHA256 of
+  "{webhook-id}.{webhook-timestamp}.{body}">`` (several, space-separated: one must match), with
+  ``webhook-timestamp`` at most 5 minutes from now. Which combinations verify:
+
+      secret        webhook-signature sent        no webhook-signature
+      whsec_...     it alone decides (must match   X-Gitlab-Token must equal the secret
+                    and be in time; the token is
+                    not consulted)
+      plain token   ignored: X-Gitlab-Token must   X-Gitlab-Token must equal the secret
+                    equal the secret
+
+  A verified signature's ``webhook-id`` comes back as ``Verification.replay_key``: the caller
+  refuses an id it has already accepted within the 5 minutes (a replay), which needs a database.
 Every comparison goes through ``hmac.compare_digest``.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import json
 import re
+import time
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -125,7 +141,7 @@ _SIGNATURE_HEADERS = {
     "github": ("x-hub-signature-256", "x-hub-signature"),
     "gitea": (*_GITEA_SIGNATURES, "x-hub-signature-256"),
     "bitbucket": ("x-hub-signature",),
-    "gitlab": ("x-gitlab-token",),
+    "gitlab": ("x-gitlab-token", "webhook-signature"),
 }
 
 
@@ -140,6 +156,9 @@ class Verification:
 
     state: str
     reason: str = ""
+    # The webhook-id of a verified Standard Webhooks signature (GitLab's signing token): accepted
+    # once within REPLAY_WINDOW seconds.
+    replay_key: str = ""
 
     @property
     def valid(self) -> bool:
@@ -147,21 +166,93 @@ class Verification:
 
 
 def verify(
-    envelope: Envelope, headers: Mapping[str, str], body: bytes, secret: str
+    envelope: Envelope,
+    headers: Mapping[str, str],
+    body: bytes,
+    secret: str,
+    *,
+    now: float | None = None,
 ) -> Verification:
     """Whether the delivery was signed (or carries the token) with ``secret``, in one call.
 
     ``body`` must be the raw request body, byte for byte: the HMAC covers exactly what was sent.
     An empty secret never verifies anything (an HMAC keyed with "" is not a secret); callers that
-    allow unsigned deliveries do not call this function.
+    allow unsigned deliveries do not call this function. ``now`` (Unix seconds, default the
+    clock) is what a signed timestamp is compared with.
     """
     h = _lower(headers)
     sent = any(h.get(name) for name in _SIGNATURE_HEADERS.get(envelope.provider, ()))
+    if envelope.provider == "gitlab" and h.get("webhook-signature") and is_signing_token(secret):
+        try:
+            webhook_id = check_standard_webhook(h, body, secret, now=now)
+        except Unauthorized as exc:
+            return Verification(INVALID, exc.message)
+        return Verification(VALID, replay_key=webhook_id)
     try:
         _check_signature(envelope.provider, h, body, secret)
     except Unauthorized as exc:
         return Verification(INVALID if sent else MISSING, exc.message)
     return Verification(VALID)
+
+
+# --- Standard Webhooks (GitLab's signing token) --------------------------------------------------
+
+SIGNING_TOKEN_PREFIX = "whsec_"  # noqa: S105 - a prefix, not a secret
+# A signed timestamp further than this from now is refused (the specification's tolerance), and a
+# webhook-id is accepted once within it.
+REPLAY_WINDOW = 300
+
+
+def is_signing_token(secret: str) -> bool:
+    return secret.startswith(SIGNING_TOKEN_PREFIX)
+
+
+def signing_key(secret: str) -> bytes:
+    """The HMAC key of a ``whsec_<base64>`` signing token (base64 padding optional)."""
+    encoded = secret.removeprefix(SIGNING_TOKEN_PREFIX).strip()
+    try:
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise Unauthorized(
+            "the repository's secret starts with whsec_ but the rest is not base64: it is not "
+            "a signing token as GitLab shows it"
+        ) from None
+    if not key:
+        raise Unauthorized("the repository's signing token (whsec_...) is empty")
+    return key
+
+
+def check_standard_webhook(
+    h: Mapping[str, str], body: bytes, secret: str, *, now: float | None = None
+) -> str:
+    """Checks webhook-id / webhook-timestamp / webhook-signature (lower-cased header names) against
+    a ``whsec_`` signing token; returns the webhook-id, or raises Unauthorized saying why."""
+    webhook_id, stamp = h.get("webhook-id", ""), h.get("webhook-timestamp", "")
+    if not webhook_id or not stamp:
+        raise Unauthorized("webhook-signature was sent without webhook-id and webhook-timestamp")
+    if not stamp.isascii() or not stamp.isdigit():
+        raise Unauthorized("webhook-timestamp is not a Unix time in seconds")
+    skew = int(stamp) - (time.time() if now is None else now)
+    if abs(skew) > REPLAY_WINDOW:
+        when = "in the past" if skew < 0 else "in the future"
+        raise Unauthorized(
+            f"webhook-timestamp is {abs(skew):.0f} s {when}, more than {REPLAY_WINDOW // 60} "
+            "minutes from now: a replayed delivery, or a clock that is wrong"
+        )
+    key = signing_key(secret)
+    signed = webhook_id.encode("utf-8", "surrogateescape") + b"." + stamp.encode() + b"." + body
+    expected = hmac.new(key, signed, hashlib.sha256).digest()
+    for entry in h["webhook-signature"].split():
+        version, _, encoded = entry.partition(",")
+        if version != "v1":
+            continue  # v1a (asymmetric) and unknown versions: not for a shared key
+        try:
+            given = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            continue
+        if hmac.compare_digest(expected, given):
+            return webhook_id
+    raise Unauthorized("webhook-signature does not match the body and the signing token")
 
 
 def _check_signature(provider: str, h: Mapping[str, str], body: bytes, secret: str) -> None:
@@ -199,6 +290,13 @@ def _check_signature(provider: str, h: Mapping[str, str], body: bytes, secret: s
         _check_hmac("X-Hub-Signature", _strip_sha256_prefix("X-Hub-Signature", sent), key, body)
     elif provider == "gitlab":
         if "x-gitlab-token" not in h:
+            if h.get("webhook-signature"):
+                raise Unauthorized(
+                    "webhook-signature needs the signing token (whsec_...) as the repository's "
+                    "secret; with a secret token, X-Gitlab-Token is required"
+                )
+            if is_signing_token(secret):
+                raise Unauthorized("missing webhook-signature (or X-Gitlab-Token) header")
             raise Unauthorized("missing X-Gitlab-Token header")
         if not _token_matches(h["x-gitlab-token"], key):
             raise Unauthorized("X-Gitlab-Token does not match the secret")

@@ -11,6 +11,7 @@ from django.db import DatabaseError, InterfaceError, OperationalError, connectio
 from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from gitdeploy import instrument
 from gitdeploy.intake import IncomingWebhook, receive
 from gitdeploy.models import Repository
 
@@ -61,6 +62,7 @@ def _json(status: int, payload: dict, **kwargs) -> JsonResponse:
 
 
 @csrf_exempt
+@instrument.webhook
 def webhook(request, slug: str, env_only: bool = False):
     if request.method != "POST":
         response = _json(405, {"status": "error", "reason": "webhooks are delivered with POST"})
@@ -106,6 +108,7 @@ def webhook(request, slug: str, env_only: bool = False):
     except DatabaseError:
         logger.exception("Database unreachable while recording a delivery for %r", slug)
         return _database_unavailable()
+    instrument.delivery_received(repository, request.headers, receipt)
     response = _json(receipt.status_code, receipt.body)
     if receipt.retry_after is not None:
         response["Retry-After"] = str(receipt.retry_after)

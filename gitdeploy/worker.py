@@ -42,7 +42,7 @@ from django.utils import timezone
 from django_tasks import TaskResultStatus
 from django_tasks_db.management.commands.db_worker import Worker
 
-from gitdeploy import redaction, sync
+from gitdeploy import redaction, reporting, retention, sync
 from gitdeploy.models import TASKS_CHANNEL, Repository, SyncRun
 
 logger = logging.getLogger(__name__)
@@ -219,9 +219,17 @@ def execute_run(run_id: int, *, worker_id: str) -> SyncRun | None:
             time.sleep(0.5)
         running_here.add(run.pk)
         try:
-            _perform(run)
+            with reporting.run_context(run):
+                reporting.run_started(run)
+                _perform(run)
+        except BaseException:
+            reporting.run_finished(run, network=False)  # being stopped: no slow calls now
+            raise
         finally:
             running_here.discard(run.pk)
+    # Outside the lock: the next sync of this repository does not wait for the Git host's API or
+    # the mail server (each call is bounded by NOTIFY_TIMEOUT anyway).
+    reporting.run_finished(run)
     close_old_connections()
     return run
 
@@ -368,8 +376,10 @@ def recover_lost(repository: Repository | None = None) -> list[SyncRun]:
                 give_up=f"the worker was lost {crashes} times running this request; not retried "
                 "(look at the log and the post-deploy command, then redeploy)"
             )
+            reporting.run_lost(run)
             continue
         follow_up = run.mark_lost()
+        reporting.run_lost(run)
         if follow_up is not None:
             follow_ups.append(follow_up)
     return follow_ups
@@ -403,6 +413,7 @@ def prune_housekeeping(now: datetime.datetime | None = None) -> dict[str, int]:
     if settings.DELIVERY_RETENTION_DAYS:
         cutoff = now - datetime.timedelta(days=settings.DELIVERY_RETENTION_DAYS)
         pruned["deliveries"] = Delivery.objects.filter(received_at__lt=cutoff).delete()[0]
+    pruned["sync_runs"] = retention.prune_runs(now)  # RETENTION_DAYS, when set
     return pruned
 
 

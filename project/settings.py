@@ -11,6 +11,7 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from gitdeploy import logs, multiproc
 from project.env import env_bool, env_float, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -58,7 +59,7 @@ HTTPS = env_bool("HTTPS", False)
 if HTTPS:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_SSL_REDIRECT = True
-    SECURE_REDIRECT_EXEMPT = [r"^api/health$", r"^api/ready$"]
+    SECURE_REDIRECT_EXEMPT = [r"^api/health$", r"^api/ready$", r"^metrics$"]
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
     SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000)
@@ -261,14 +262,45 @@ LOCK_DIR = Path(os.environ.get("LOCK_DIR") or DATA_DIR / "locks")
 # when set, deliveries older than this many days (0: keep every delivery).
 TASK_RESULT_RETENTION_DAYS = env_int("TASK_RESULT_RETENTION_DAYS", 7, minimum=1)
 DELIVERY_RETENTION_DAYS = env_int("DELIVERY_RETENTION_DAYS", 0)
+# Finished sync runs older than this many days are deleted (gitdeploy.retention), keeping each
+# repository's last success and every run whose commit is still on disk; 0: keep them all.
+RETENTION_DAYS = env_int("RETENTION_DAYS", 0)
 # How long /api/ready accepts since the last worker heartbeat.
 WORKER_HEARTBEAT_MAX_AGE = env_float("WORKER_HEARTBEAT_MAX_AGE", 60.0, minimum=1)
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "INFO"}},
-}
+# --- Operations: notifications, metrics, deploy status on the Git host, retention ---------------
+# The admin's address as the outside world reaches it, for links in notifications and on the Git
+# host (e.g. https://deploy.example.com). Unset: links are paths.
+PUBLIC_URL = os.environ.get("PUBLIC_URL", "")
+# After a failed run, and the first success after one (gitdeploy.notify). NOTIFY_WEBHOOK_URL and
+# EMAIL_HOST_PASSWORD (or their _FILE) are read by the worker when it sends, never here: the web
+# process does not need them.
+NOTIFY_EMAILS = env_list("NOTIFY_EMAILS")
+NOTIFY_TIMEOUT = env_float("NOTIFY_TIMEOUT", 10.0, minimum=1)
+EMAIL_HOST = os.environ.get("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1)
+EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
+DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "gitdeploy@localhost")
+# The deploy status on the Git host (gitdeploy.hoststatus): its tokens (STATUS_TOKEN[_<SLUG>]) and
+# per-repository overrides are read by the worker when it reports, never here.
+STATUS_ENVIRONMENT = os.environ.get("STATUS_ENVIRONMENT", "production")
+
+# GET /metrics (gitdeploy.metrics): each process's values live in its own directory under
+# METRICS_DIR (gitdeploy.multiproc); a db_worker claims its directory here, before anything imports
+# prometheus-client (gunicorn's master does it for the web in gitdeploy.gunicorn_conf).
+METRICS_DIR = multiproc.metrics_root(base_dir=BASE_DIR)
+METRICS_TOKEN = env_str("METRICS_TOKEN")
+if _command == "db_worker":
+    try:
+        multiproc.use(multiproc.claim_worker_dir(METRICS_DIR))
+    except OSError as exc:
+        print(f"METRICS_DIR={METRICS_DIR}: {exc}; metrics not exported", file=sys.stderr)
+
+# LOG_FORMAT=json: one JSON object per line (gitdeploy.logs), for web, worker and access logs.
+try:
+    LOG_FORMAT = logs.log_format({"LOG_FORMAT": os.environ.get("LOG_FORMAT", "")})
+except ValueError as exc:
+    raise ImproperlyConfigured(str(exc)) from None
+LOGGING = logs.logging_config(LOG_FORMAT, os.environ.get("LOG_LEVEL", "INFO"))

@@ -253,14 +253,14 @@ def test_housekeeping_prunes_only_old_rows(make_repository, settings):
 
     settings.DELIVERY_RETENTION_DAYS = 0
     pruned = prune_housekeeping()
-    assert pruned == {"heartbeats": 1, "task_results": 1, "deliveries": 0}
+    assert pruned == {"heartbeats": 1, "task_results": 1, "deliveries": 0, "sync_runs": 0}
     assert list(WorkerHeartbeat.objects.values_list("worker_id", flat=True)) == ["alive"]
     assert Delivery.objects.filter(pk=old.pk).exists(), "deliveries are kept unless asked"
 
     settings.DELIVERY_RETENTION_DAYS = 30
     assert prune_housekeeping()["deliveries"] == 1
     assert list(Delivery.objects.values_list("pk", flat=True)) == [recent.pk]
-    assert SyncRun.objects.filter(pk=run.pk).exists(), "sync history is never pruned"
+    assert SyncRun.objects.filter(pk=run.pk).exists(), "runs are kept unless RETENTION_DAYS"
 
 
 def test_a_recovery_defers_to_a_newer_queued_request(make_repository):

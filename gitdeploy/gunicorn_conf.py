@@ -1,0 +1,69 @@
+"""gunicorn's hooks, imported by the project's gunicorn.conf.py (wherever gunicorn serves
+gitdeploy: `make run`, the image).
+
+- on_starting / child_exit: the web's Prometheus values live in METRICS_DIR/web, emptied when the
+  master starts and pointed at by PROMETHEUS_MULTIPROC_DIR for the workers it forks; a worker that
+  exits has its live gauges marked dead (gitdeploy.multiproc).
+- logger_class: with LOG_FORMAT=json, gunicorn's own lines and its access log are JSON objects
+  like the application's (gitdeploy.logs), the access log with its fields (method, path, status,
+  duration, ...) as keys.
+
+Loaded by gunicorn's master before Django is set up: stdlib and gunicorn only.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from gunicorn import glogging
+
+from gitdeploy import logs, multiproc
+
+
+def on_starting(server) -> None:
+    multiproc.use(multiproc.fresh(multiproc.metrics_root() / multiproc.WEB))
+
+
+def child_exit(server, worker) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+class GunicornLogger(glogging.Logger):
+    def setup(self, cfg) -> None:
+        super().setup(cfg)
+        self.json = logs.log_format() == "json"
+        if self.json:
+            for log in (self.error_log, self.access_log):
+                for handler in log.handlers:
+                    handler.setFormatter(logs.JsonFormatter())
+
+    def access(self, resp, req, environ, request_time) -> None:
+        if not self.json:
+            super().access(resp, req, environ, request_time)
+            return
+        if not self.access_log_enabled:
+            return
+        status = resp.status.split(None, 1)[0] if isinstance(resp.status, str) else resp.status
+        method, path = environ.get("REQUEST_METHOD", "-"), environ.get("PATH_INFO", "")
+        self.access_log.log(
+            logging.INFO,
+            "%s %s %s",
+            method,
+            path,
+            status,
+            extra={
+                "method": method,
+                "path": path,
+                "query": environ.get("QUERY_STRING", ""),
+                "status": int(status) if str(status).isdigit() else status,
+                "duration_ms": round(request_time.total_seconds() * 1000, 3),
+                "bytes": getattr(resp, "sent", None),
+                "remote_addr": environ.get("REMOTE_ADDR", ""),
+                "user_agent": environ.get("HTTP_USER_AGENT", ""),
+            },
+        )
+
+
+logger_class = GunicornLogger

@@ -1,0 +1,196 @@
+"""The worker's and the web server's output: one line per run start and end, LOG_FORMAT=json.
+
+Real `manage.py db_worker` and gunicorn processes; the lines are read from their output.
+"""
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from gitdeploy import logs
+from gitdeploy.models import SyncRun, WorkerHeartbeat
+from tests.conftest import PROJECT_ROOT, TEST_SECRET
+from tests.gitservers import free_port, wait_for_port
+from tests.test_worker_processes import finished, push_webhook, start_worker, wait_for
+
+__all__ = ["start_worker"]  # the fixture, used by name below
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.processes]
+
+
+def json_lines(output: str) -> list[dict]:
+    """Every non-empty line, each of which must be one JSON object."""
+    documents = []
+    for line in output.splitlines():
+        if line.strip():
+            try:
+                documents.append(json.loads(line))
+            except ValueError:
+                raise AssertionError(f"not a JSON line: {line!r}") from None
+    return documents
+
+
+def run_lines(documents: list[dict], event: str) -> list[dict]:
+    return [d for d in documents if d.get("event") == event]
+
+
+def test_a_failed_post_deploy_is_one_json_line_with_repository_run_commit_and_error(
+    client, make_repository, remote, start_worker
+):
+    repository = make_repository(
+        clone_url=remote.url, post_deploy_command="echo 'migrations failed: no table'; exit 3"
+    )
+    worker = start_worker(LOG_FORMAT="json")
+    wait_for(WorkerHeartbeat.latest, timeout=30, message="the worker's first heartbeat")
+    tip = remote.commit({"app.txt": "v2\n"}, "v2")
+    answer = push_webhook(client, repository, tip, "delivery-json-1")
+    run = wait_for(lambda: finished(answer["sync_run"]), message="the sync")
+    assert run.status == SyncRun.Status.FAILED
+    wait_for(lambda: '"run_finished"' in worker.output(), timeout=10, message="the result line")
+    assert worker.stop() == 0
+
+    documents = json_lines(worker.output())
+    started = run_lines(documents, "run_started")
+    ended = run_lines(documents, "run_finished")
+    assert len(started) == 1 and len(ended) == 1, documents
+    start, end = started[0], ended[0]
+    for document in (start, end):
+        assert document["repository"] == repository.slug
+        assert document["run_id"] == run.pk
+        assert document["delivery_id"] == "delivery-json-1"
+        assert document["trigger"] == "webhook"
+        assert document["logger"] == "gitdeploy.runs"
+        assert {"time", "level", "message"} <= document.keys()
+    assert start["commit"] == tip[:12]
+    assert end["level"] == "ERROR"
+    assert end["result"] == "failed"
+    assert end["commit"] == tip[:12]
+    assert end["duration_seconds"] > 0
+    assert "exit" in end["error"] and "\n" not in end["error"]
+    assert end["error"] == run.error.strip().splitlines()[0]
+    # django-tasks' own line is JSON too, and no longer the only trace.
+    assert any("state=SUCCESSFUL" in d["message"] for d in documents)
+
+
+def test_a_removed_remote_fails_with_a_readable_line_in_the_default_format(
+    client, make_repository, remote, start_worker
+):
+    repository = make_repository(clone_url=remote.url)
+    worker = start_worker(SYNC_RETRIES="0")
+    tip = remote.commit({"app.txt": "v2\n"}, "v2")
+    shutil.rmtree(remote.path)
+    answer = push_webhook(client, repository, tip, "delivery-text-1")
+    run = wait_for(lambda: finished(answer["sync_run"]), message="the sync")
+    assert run.status == SyncRun.Status.FAILED
+    wait_for(lambda: f"sync run #{run.pk} failed" in worker.output(), message="the result line")
+    assert worker.stop() == 0
+    output = worker.output()
+    line = next(x for x in output.splitlines() if f"sync run #{run.pk} failed" in x)
+    assert " ERROR gitdeploy.runs " in line
+    assert f"repository={repository.slug}" in line and "trigger=webhook" in line
+    assert f"commit={tip[:12]}" in line and "duration=" in line
+    assert f"error={run.error.strip().splitlines()[0]}" in line
+    assert f"sync run #{run.pk} started: repository={repository.slug}" in output
+    with pytest.raises(ValueError):
+        json.loads(line)
+
+
+def test_gunicorn_writes_json_access_and_application_lines(
+    make_repository, subprocess_env, tmp_path
+):
+    repository = make_repository()
+    port = free_port()
+    log_path = tmp_path / "web.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(
+            # As gitdeploy serves itself: gunicorn.conf.py in the project directory.
+            [str(Path(sys.executable).parent / "gunicorn")],
+            cwd=PROJECT_ROOT,
+            env={
+                **subprocess_env,
+                "LOG_FORMAT": "json",
+                "DATA_DIR": str(tmp_path),
+                "WEB_BIND": f"127.0.0.1:{port}",
+                "WEB_CONCURRENCY": "1",
+            },
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_for_port(port, timeout=30, proc=proc)
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/hooks/{repository.slug}/",
+                data=b"{}",
+                method="POST",
+                headers={
+                    "Content-Type": "application/json",
+                    "X-GitHub-Event": "push",
+                    "X-GitHub-Delivery": "delivery-forged",
+                    "X-Hub-Signature-256": "sha256=" + "0" * 64,
+                    "User-Agent": "GitHub-Hookshot/test",
+                },
+            )
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=10)
+            assert refused.value.code == 401
+            wait_for(lambda: '"/hooks/' in log_path.read_text(), timeout=10, message="access")
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    documents = json_lines(log_path.read_text())
+    access = [d for d in documents if d["logger"] == "gunicorn.access"]
+    assert len(access) == 1, documents
+    assert access[0]["method"] == "POST"
+    assert access[0]["path"] == f"/hooks/{repository.slug}/"
+    assert access[0]["status"] == 401
+    assert access[0]["user_agent"] == "GitHub-Hookshot/test"
+    assert access[0]["duration_ms"] >= 0
+    # The delivery's own line carries the repository, the delivery id and the verdict.
+    (refusal,) = [d for d in documents if d["logger"] == "gitdeploy.deliveries"]
+    assert refusal["repository"] == repository.slug
+    assert refusal["delivery_id"] == "delivery-forged"
+    assert refusal["verdict"] == "rejected" and refusal["status"] == 401
+    assert refusal["level"] == "WARNING" and "signature does not match" in refusal["message"]
+    assert any(d["logger"] == "gunicorn.error" for d in documents)
+    assert TEST_SECRET not in log_path.read_text()
+
+
+def test_the_json_formatter_adds_context_and_extra_fields():
+    record = logging.LogRecord(
+        "gitdeploy.x", logging.WARNING, __file__, 1, "hello %s", ("you",), None
+    )
+    record.duration_seconds = 1.5
+    with logs.context(repository="site", run_id=7, delivery_id=""):
+        logs.ContextFilter().filter(record)
+    document = json.loads(logs.JsonFormatter().format(record))
+    assert document["message"] == "hello you"
+    assert document["level"] == "WARNING" and document["logger"] == "gitdeploy.x"
+    assert document["repository"] == "site" and document["run_id"] == 7
+    assert "delivery_id" not in document  # empty: left out
+    assert document["duration_seconds"] == 1.5
+    assert document["time"].endswith("Z")
+
+
+def test_an_unknown_log_format_stops_start_up():
+    result = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"],
+        cwd=PROJECT_ROOT,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "DJANGO_SETTINGS_MODULE": "project.settings",
+            "SECRET_KEY": "k" * 50,
+            "LOG_FORMAT": "xml",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "LOG_FORMAT='xml': use text or json" in result.stderr
