@@ -58,7 +58,10 @@ class GunicornLogger(glogging.Logger):
                 "path": path,
                 "query": environ.get("QUERY_STRING", ""),
                 "status": int(status) if str(status).isdigit() else status,
-                "duration_ms": round(request_time.total_seconds() * 1000, 3),
+                # A timedelta from the sync worker, seconds + microseconds from the asgi one.
+                "duration_ms": round(
+                    (request_time.seconds + request_time.microseconds / 1e6) * 1000, 3
+                ),
                 "bytes": getattr(resp, "sent", None),
                 "remote_addr": environ.get("REMOTE_ADDR", ""),
                 "user_agent": environ.get("HTTP_USER_AGENT", ""),

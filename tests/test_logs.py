@@ -18,7 +18,13 @@ from gitdeploy import logs
 from gitdeploy.models import SyncRun, WorkerHeartbeat
 from tests.conftest import PROJECT_ROOT, TEST_SECRET
 from tests.gitservers import free_port, wait_for_port
-from tests.test_worker_processes import finished, push_webhook, start_worker, wait_for
+from tests.test_worker_processes import (  # noqa: F401 - fixtures
+    deployed_repository,
+    finished,
+    push_webhook,
+    start_worker,
+    wait_for,
+)
 
 __all__ = ["start_worker"]  # the fixture, used by name below
 
@@ -42,9 +48,12 @@ def run_lines(documents: list[dict], event: str) -> list[dict]:
 
 
 def test_a_failed_post_deploy_is_one_json_line_with_repository_run_commit_and_error(
-    client, make_repository, remote, start_worker
+    client,
+    deployed_repository,  # noqa: F811 - the fixture
+    remote,
+    start_worker,  # noqa: F811 - the fixture
 ):
-    repository = make_repository(
+    repository = deployed_repository(
         clone_url=remote.url, post_deploy_command="echo 'migrations failed: no table'; exit 3"
     )
     worker = start_worker(LOG_FORMAT="json")
@@ -80,9 +89,12 @@ def test_a_failed_post_deploy_is_one_json_line_with_repository_run_commit_and_er
 
 
 def test_a_removed_remote_fails_with_a_readable_line_in_the_default_format(
-    client, make_repository, remote, start_worker
+    client,
+    deployed_repository,  # noqa: F811 - the fixture
+    remote,
+    start_worker,  # noqa: F811 - the fixture
 ):
-    repository = make_repository(clone_url=remote.url)
+    repository = deployed_repository(clone_url=remote.url)
     worker = start_worker(SYNC_RETRIES="0")
     tip = remote.commit({"app.txt": "v2\n"}, "v2")
     shutil.rmtree(remote.path)

@@ -162,7 +162,7 @@ def test_a_failed_attempt_with_a_retry_queued_is_not_announced(make_repository, 
     SyncRun.objects.filter(pk=first.pk).update(status=SyncRun.Status.FAILED)
     first.refresh_from_db()
     assert notify.occasion(first) == "failed"
-    first.request_again(label="retry 2")
+    first.request_again(why="retry")
     assert notify.occasion(first) == ""
 
 
