@@ -5,10 +5,16 @@ defaults make a queued run start within 0.1 s: poll every 0.05 s, no random star
 only the gitdeploy queue.
 """
 
+import logging
+import time
+
 from django.conf import settings
+from django.db import InterfaceError, OperationalError, connections
 from django_tasks_db.management.commands import db_worker
 
 from gitdeploy import tasks
+
+logger = logging.getLogger(__name__)
 
 
 class Command(db_worker.Command):
@@ -28,6 +34,17 @@ class Command(db_worker.Command):
         monitor = tasks.WorkerMonitor(worker_id)
         monitor.start()
         try:
-            super().handle(*args, **options)
+            # django-tasks-db's loop lets a lost connection escape and the process exits (`docker
+            # compose restart db` did that every time). The worker outlives the database: wait
+            # the outage out, then poll again. A run the outage interrupted is recovered once its
+            # lease expires.
+            while True:
+                try:
+                    super().handle(*args, **options)
+                    return
+                except (OperationalError, InterfaceError) as exc:
+                    logger.warning("database unavailable (%s); trying again in 1 s", exc)
+                    connections.close_all()
+                    time.sleep(1)
         finally:
             monitor.stopped.set()
