@@ -12,12 +12,14 @@ ifeq ($(SECRET_KEY)$(SECRET_KEY_FILE),)
 migrate run web worker: export SECRET_KEY_FILE := $(CURDIR)/data/secret_key
 endif
 
-.PHONY: help install install-test run web worker migrate test lint check-migrations check-deploy ci bench clean
+.PHONY: help install install-test run web worker migrate test lint check-migrations check-deploy ci bench \
+	compose-test clean
 
 help:
 	@echo "make run      install, migrate and serve on http://$(HOST):$(PORT) with a worker (SQLite by default)"
 	@echo "make test     run the test suite (DATABASE_URL=postgres://... for PostgreSQL)"
 	@echo "make lint     ruff; make check-migrations; make check-deploy; make ci (what .ci/run does)"
+	@echo "make compose-test  the compose stack on a real Docker engine (root; installs docker.io)"
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -79,6 +81,11 @@ check-deploy: install-test
 	DEBUG=false HTTPS=true ALLOWED_HOSTS=deploy.example.com WEBHOOK_SECRET=check-deploy \
 	SECRET_KEY_FILE= SECRET_KEY="$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(50))')" \
 		$(BIN)/python manage.py check --deploy --fail-level WARNING
+
+# The compose stack run for real (tests/compose/run.sh): installs docker.io, debootstrap and
+# docker-compose if missing, starts its own dockerd when none answers, and stops what it started.
+compose-test: install-test
+	bash tests/compose/run.sh
 
 bench: install-test
 	$(BIN)/python bench/run.py
