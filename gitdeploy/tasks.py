@@ -167,10 +167,13 @@ def _perform(run: SyncRun) -> None:
         result = sync.sync(spec_for(run), log=log, heartbeat=keeper)
     except sync.SyncError as exc:
         log(f"FAILED: {exc}")
+        error = sync.redact(str(exc), log.secrets)
+        # A line in the worker's own log (`docker compose logs worker`); the full log is the run's.
+        logger.warning("SyncRun %s failed: %s", run.pk, error)
         run.finish(
             succeeded=False,
             log=log.text(),
-            error=sync.redact(str(exc), log.secrets),
+            error=error,
             previous_commit=getattr(exc, "previous_commit", "") or "",
             deployed_commit=getattr(exc, "deployed_commit", "") or "",
             post_deploy_exit_code=getattr(exc, "post_deploy_exit_code", None),
@@ -194,6 +197,7 @@ def _perform(run: SyncRun) -> None:
     if not repository.branch and result.branch:
         repository.learn_default_branch(result.branch)
     log(f"deployed {result.deployed_commit} (was {result.previous_commit or 'nothing'})")
+    logger.info("SyncRun %s deployed %s", run.pk, result.deployed_commit)
     run.finish(
         succeeded=True,
         log=log.text(),
