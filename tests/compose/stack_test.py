@@ -356,6 +356,12 @@ class Stack:
         print(f"\n----- container logs ({self.label}) -----", flush=True)
         result = self.compose("logs", "--no-color", "--tail", "150", timeout=60, check=False)
         print(result.stdout[-40000:], result.stderr[-2000:], flush=True)
+        with contextlib.suppress(Exception):
+            for row in self.psql(
+                "SELECT id, status, trigger, requested_commit, error, right(log, 1500)"
+                " FROM gitdeploy_syncrun ORDER BY id DESC LIMIT 3"
+            ):
+                print("SyncRun", " | ".join(row), flush=True)
         for service in ("db", "web", "worker", "caddy", "gitserver"):
             with contextlib.suppress(Exception):
                 info = self.inspect(service)
@@ -416,7 +422,8 @@ def base_settings(git_url: str, web_port: int, http_port: int) -> dict[str, str]
         "WEB_PORT": f"127.0.0.1:{web_port}",
         "WEB_HTTP_PORT": f"127.0.0.1:{http_port}",
         # A post-deploy command whose duration the pushed commit chooses (file .slow, seconds).
-        "POST_DEPLOY_COMMAND": 'test ! -f .slow || sleep "$(cat .slow)"',
+        # A failing one when it has a .fail file.
+        "POST_DEPLOY_COMMAND": 'test ! -f .slow || sleep "$(cat .slow)"; test ! -f .fail',
         # A killed worker's run is recovered once its lease expires: keep that short here.
         "SYNC_LEASE_SECONDS": "6",
     }
@@ -618,7 +625,30 @@ def public_stack(workdir: Path, upstream_dir: Path) -> None:
             )
             status, body = ready(web_port)
             check(status == 200 and body["status"] == "ok", f"/api/ready after the deploy: {body}")
-            current = second
+
+            # A failed run (the post-deploy command fails): what `docker compose logs worker` shows
+            # (docs/ec2.md §8), and the run's own log in the database (the admin's Sync runs).
+            failing = upstream.commit({".fail": "1\n"}, "post-deploy fails")
+            since = str(int(time.time()) - 1)
+            check(github_push(web_port, secret, failing)[0] == 202, "push not accepted")
+            wait_for(
+                "the run to fail",
+                lambda: run_row(stack, failing).get("status") == "failed",
+                30,
+            )
+            row = run_row(stack, failing)
+            say(f"    failed run: exit code {row['exit_code']}, error {row['error']!r}")
+            check(row["exit_code"] == "1", f"post-deploy exit code of the failed run: {row}")
+            shown = run(["docker", "logs", "--since", since, stack.container("worker")])
+            worker_log = shown.stdout + shown.stderr
+            say("    `docker compose logs worker` for it:\n" + worker_log.rstrip())
+            check(
+                f"SyncRun {row['id']} failed" in worker_log,
+                "the worker's log does not say the run failed",
+            )
+            current = upstream.commit({".fail": None}, "post-deploy fixed")
+            check(github_push(web_port, secret, current)[0] == 202, "push not accepted")
+            wait_deployed(stack, current, 30)
 
         with assertion(
             "5", "restart db while signed pushes stream in: 202/200/503 only, all 2xx recorded"
@@ -736,66 +766,76 @@ def private_stack(workdir: Path, upstream_dir: Path) -> None:
     """docs/ec2.md "Private repositories": an HTTPS token, then (a fresh server) a deploy key."""
     token = (workdir / "auth" / "password").read_text().strip()
     upstream = Upstream(upstream_dir, "private")
+    failed = None
     for case in ("token", "deploy key"):
-        stack = Stack(workdir, f"private-{case.replace(' ', '-')}")
-        secrets_dir = stack.docker_dir / "secrets"
-        web_port, http_port = free_port(), free_port()
-        if case == "token":
-            git_url = "http://gitserver:8080/private.git"
-            (secrets_dir / "git_token").write_text(token + "\n")
-            settings = {"GIT_TOKEN_FILE": "/run/secrets/gitdeploy/git_token"}
-        else:
-            git_url = "ssh://git@gitserver/srv/git/private.git"
-            key = secrets_dir / "deploy_key"
-            run(
-                [
-                    "ssh-keygen",
-                    "-q",
-                    "-t",
-                    "ed25519",
-                    "-N",
-                    "",
-                    "-C",
-                    "gitdeploy@compose-test",
-                    "-f",
-                    str(key),
-                ]
-            )
-            host_key = (workdir / "auth" / "ssh_host_ed25519_key.pub").read_text().split()
-            (secrets_dir / "known_hosts").write_text(f"gitserver {host_key[0]} {host_key[1]}\n")
-            shutil.copy(key.with_suffix(".pub"), workdir / "auth" / "authorized_keys")
-            settings = {
-                "GIT_SSH_KEY_FILE": "/run/secrets/gitdeploy/deploy_key",
-                "GIT_SSH_KNOWN_HOSTS_FILE": "/run/secrets/gitdeploy/known_hosts",
-            }
-        # Written by the host user with chmod 600, as the docs say.
-        for path in secrets_dir.iterdir():
-            if path.name != ".gitignore":
-                path.chmod(0o600)
-                os.chown(path, APP_UID, APP_GID)
-        stack.configure({**base_settings(git_url, web_port, http_port), **settings})
-        stack.make_repo_dir()
         try:
-            with assertion("4", f"private repository ({case}): the stack comes up and deploys"):
-                stack.up()
-                wait_healthy_stack(stack)
-                sha = upstream.commit({"secret.txt": f"only with the {case}\n"})
-                status, _, answer = github_push(web_port, stack.env["WEBHOOK_SECRET"], sha)
-                check(status == 202, f"push answered {status}: {answer[:300]!r}")
-                wait_deployed(stack, sha, 30)
-                check_owned_by_host_user(stack.repo_dir)
-                logs = stack.compose("logs", "--no-color").stdout
-                check(token not in logs, "the token appears in the containers' logs")
-                runs = stack.psql(
-                    f"SELECT count(*) FROM gitdeploy_syncrun WHERE log LIKE '%{token}%'"  # noqa: S608
-                )
-                check(runs == [["0"]], "the token appears in a SyncRun's log")
-        except Exception:
-            stack.logs()
-            raise
-        finally:
-            stack.down()
-            check_nothing_left()
+            private_case(workdir, upstream, token, case)
+        except Failed as exc:
+            failed = failed or exc
+    if failed:
+        raise failed
+
+
+def private_case(workdir: Path, upstream: Upstream, token: str, case: str) -> None:
+    stack = Stack(workdir, f"private-{case.replace(' ', '-')}")
+    secrets_dir = stack.docker_dir / "secrets"
+    web_port, http_port = free_port(), free_port()
+    if case == "token":
+        git_url = "http://gitserver:8080/private.git"
+        (secrets_dir / "git_token").write_text(token + "\n")
+        settings = {"GIT_TOKEN_FILE": "/run/secrets/gitdeploy/git_token"}
+    else:
+        git_url = "ssh://git@gitserver/srv/git/private.git"
+        key = secrets_dir / "deploy_key"
+        run(
+            [
+                "ssh-keygen",
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "gitdeploy@compose-test",
+                "-f",
+                str(key),
+            ]
+        )
+        host_key = (workdir / "auth" / "ssh_host_ed25519_key.pub").read_text().split()
+        (secrets_dir / "known_hosts").write_text(f"gitserver {host_key[0]} {host_key[1]}\n")
+        shutil.copy(key.with_suffix(".pub"), workdir / "auth" / "authorized_keys")
+        settings = {
+            "GIT_SSH_KEY_FILE": "/run/secrets/gitdeploy/deploy_key",
+            "GIT_SSH_KNOWN_HOSTS_FILE": "/run/secrets/gitdeploy/known_hosts",
+        }
+    # Written by the host user with chmod 600, as the docs say.
+    for path in secrets_dir.iterdir():
+        if path.name != ".gitignore":
+            path.chmod(0o600)
+            os.chown(path, APP_UID, APP_GID)
+    stack.configure({**base_settings(git_url, web_port, http_port), **settings})
+    stack.make_repo_dir()
+    try:
+        with assertion("4", f"private repository ({case}): the stack comes up and deploys"):
+            stack.up()
+            wait_healthy_stack(stack)
+            sha = upstream.commit({"secret.txt": f"only with the {case}\n"})
+            status, _, answer = github_push(web_port, stack.env["WEBHOOK_SECRET"], sha)
+            check(status == 202, f"push answered {status}: {answer[:300]!r}")
+            wait_deployed(stack, sha, 30)
+            check_owned_by_host_user(stack.repo_dir)
+            logs = stack.compose("logs", "--no-color").stdout
+            check(token not in logs, "the token appears in the containers' logs")
+            runs = stack.psql(
+                f"SELECT count(*) FROM gitdeploy_syncrun WHERE log LIKE '%{token}%'"  # noqa: S608
+            )
+            check(runs == [["0"]], "the token appears in a SyncRun's log")
+    except Exception:
+        stack.logs()
+        raise
+    finally:
+        stack.down()
+        check_nothing_left()
 
 
 def https_stack(workdir: Path, upstream_dir: Path) -> None:

@@ -1,9 +1,9 @@
 """Smart HTTP for the compose test's git server: git http-backend behind Basic auth, plain HTTP.
 
-Serves /srv/git (GIT_PROJECT_ROOT) on port 8080 for one user whose password is read from
-/srv/auth/password (the same token the app gets through GIT_TOKEN_FILE). Fetch only; requests
-without the right credentials get 401 with a challenge, as GitHub's HTTPS does for a private
-repository. Standard library only.
+Serves /srv/git (GIT_PROJECT_ROOT) on port 8080 to a client whose password is the token in
+/srv/auth/password (the one the app gets through GIT_TOKEN_FILE); like GitHub with a personal
+access token, any username is accepted. Fetch only; requests without the right credentials get
+401 with a challenge, as GitHub's HTTPS does for a private repository. Standard library only.
 """
 
 import base64
@@ -26,10 +26,10 @@ class Handler(BaseHTTPRequestHandler):
         if not header.startswith("Basic "):
             return False
         try:
-            user, _, password = base64.b64decode(header[6:]).decode().partition(":")
+            _user, _, password = base64.b64decode(header[6:]).decode().partition(":")
         except ValueError:
             return False
-        return user == USER and hmac.compare_digest(password, PASSWORD)
+        return hmac.compare_digest(password, PASSWORD)
 
     def _serve(self):
         if not self._authorised():
