@@ -47,6 +47,9 @@ cleanup() {
             sleep 0.5
         done
         kill -KILL "$started_dockerd" 2>/dev/null || true
+        # What dockerd leaves behind on exit: its namespace handle and the docker0 bridge.
+        umount "$RUN_DIR/exec/netns/default" 2>/dev/null || true
+        ip link delete docker0 2>/dev/null || true
     fi
     exit "$status"
 }
@@ -139,4 +142,5 @@ rm -rf "$context"
 
 step "the stack (tests/compose/stack_test.py)"
 export COMPOSE_TEST_PROJECT="$PROJECT"
-"$PYTHON" "$HERE/stack_test.py" "$@"
+# A bound on the whole walk (each of its waits has its own): SIGINT lets it run `down -v` first.
+timeout --signal=INT --kill-after=120 "${COMPOSE_TEST_TIMEOUT:-1800}" "$PYTHON" "$HERE/stack_test.py" "$@"
