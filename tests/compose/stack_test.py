@@ -734,21 +734,22 @@ def public_stack(workdir: Path, upstream_dir: Path) -> None:
                 lambda: run_row(stack, killed).get("status") == "running",
                 10,
             )
+            killed_id = run_row(stack, killed)["id"]
             stack.compose("kill", "worker")
-            say(f"    worker killed mid-sync: {run_row(stack, killed)}")
+            say(f"    worker killed mid-sync (SIGKILL), run #{killed_id} left running")
             stack.compose("start", "worker")
             final = upstream.commit(
                 {".slow": None, "final.txt": "after the kill\n"}, "after the kill"
             )
-            wait_for(
-                "the killed run to be recovered (finished)",
-                lambda: (
-                    run_row(stack, killed).get("status") in ("succeeded", "failed", "superseded")
-                ),
-                120,
-                1,
-            )
-            say(f"    killed run recovered: {run_row(stack, killed)}")
+
+            def killed_run_status():
+                where = f"id = {int(killed_id)}"
+                rows = stack.psql(f"SELECT status, error FROM gitdeploy_syncrun WHERE {where}")  # noqa: S608
+                return rows[0] if rows and rows[0][0] != "running" else None
+
+            status, error = wait_for("the killed run to be recovered", killed_run_status, 120, 1)
+            retry = run_row(stack, killed)
+            say(f"    run #{killed_id} recovered as {status} ({error}); then {retry}")
             check(
                 github_push(web_port, secret, final)[0] in (200, 202),
                 "push after the kill not accepted",
