@@ -493,7 +493,10 @@ def check_initial_state(stack: Stack, web_port: int) -> None:
     status, body = wait_for("/api/ready 200", lambda: (r := ready(web_port))[0] == 200 and r, 60)
     check(body["status"] == "ok", f"/api/ready: {body}")
     status, _, page = request("GET", web_port, "/")
-    check(status == 200 and b"nothing yet" in page, f"landing page before the first push: {status}")
+    check(
+        status == 200 and b"nothing yet" in page and b"never" in page,
+        f"landing page before the first push: {status}",
+    )
     check(list(stack.repo_dir.iterdir()) == [], "../repo is not empty before the first push")
     runs = stack.psql("SELECT count(*) FROM gitdeploy_syncrun")
     check(runs == [["0"]], f"SyncRuns before the first push: {runs}")
