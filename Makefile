@@ -10,12 +10,14 @@ WEB_CONCURRENCY ?= 2
 # command, not only these targets) unless SECRET_KEY or SECRET_KEY_FILE is given.
 DATA_DIR := $(or $(DATA_DIR),data)
 
-.PHONY: help install install-test run web worker migrate test lint check-migrations check-deploy ci bench clean
+.PHONY: help install install-test run web worker migrate test lint check-migrations check-deploy ci bench \
+	compose-test clean
 
 help:
 	@echo "make run      install, migrate and serve on http://$(HOST):$(PORT) with a worker (SQLite by default)"
 	@echo "make test     run the test suite (DATABASE_URL=postgres://... for PostgreSQL)"
 	@echo "make lint     ruff and mypy; make check-migrations; make check-deploy; make ci (what .ci/run does)"
+	@echo "make compose-test  the compose stack on a real Docker engine (root; installs docker.io)"
 
 PICK_PYTHON := pick one with PYTHON=, e.g. make run PYTHON=python3.11 (or PYTHON=/path/to/python3)
 
@@ -83,6 +85,12 @@ check-deploy: install-test
 	DEBUG=false HTTPS=true ALLOWED_HOSTS=deploy.example.com WEBHOOK_SECRET=check-deploy \
 	SECRET_KEY_FILE= SECRET_KEY="$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(50))')" \
 		$(BIN)/python manage.py check --deploy --fail-level WARNING
+
+# The compose stack run for real (tests/compose/run.sh): installs docker.io, debootstrap and
+# docker-compose if missing, starts its own dockerd when none answers, and stops what it started.
+# COMPOSE_TEST_ARGS="public private https" chooses the stacks (default: all).
+compose-test: install-test
+	bash tests/compose/run.sh $(COMPOSE_TEST_ARGS)
 
 bench: install-test
 	$(BIN)/python bench/run.py

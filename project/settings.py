@@ -243,7 +243,17 @@ CLEAN_UNTRACKED = env_bool("CLEAN_UNTRACKED", False)
 GIT_TIMEOUT = env_float("GIT_TIMEOUT", 600.0, minimum=1)
 SYNC_RETRIES = env_int("SYNC_RETRIES", 3)
 SYNC_RETRY_BACKOFF = env_float("SYNC_RETRY_BACKOFF", 5.0)
-GIT_TOKEN = env_str("GIT_TOKEN")
+# Only processes that run git need the token. docker/secrets/ is mounted into the worker alone
+# (the web server faces the internet and holds no git credentials), yet .env gives GIT_TOKEN_FILE
+# to every service: in the web process (GITDEPLOY_PROCESS=web) an unreadable token file therefore
+# means "no token here", not a failed start. Everywhere else (worker, `manage.py sync`, make run)
+# it stops start-up as before.
+try:
+    GIT_TOKEN = env_str("GIT_TOKEN")
+except ImproperlyConfigured:
+    if os.environ.get("GITDEPLOY_PROCESS") != "web":
+        raise
+    GIT_TOKEN = ""
 GIT_SSH_KEY_FILE = os.environ.get("GIT_SSH_KEY_FILE", "")
 GIT_SSH_KNOWN_HOSTS_FILE = os.environ.get("GIT_SSH_KNOWN_HOSTS_FILE", "")
 MAX_WEBHOOK_BYTES = env_int("MAX_WEBHOOK_BYTES", 26214400, minimum=1)

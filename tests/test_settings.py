@@ -119,6 +119,15 @@ def test_manage_py_commands_use_the_key_make_run_generated(remote, tmp_path):
     assert refused.returncode != 0 and "SECRET_KEY" in refused.stderr
 
 
+def test_an_unreadable_git_token_file_stops_only_processes_that_run_git(tmp_path):
+    # docker-compose.yml mounts docker/secrets/ into the worker only; .env reaches every service.
+    missing = str(tmp_path / "secrets" / "git_token")
+    worker = start_django(SECRET_KEY="x" * 50, GIT_TOKEN_FILE=missing, GITDEPLOY_PROCESS="worker")
+    assert worker.returncode != 0 and "GIT_TOKEN_FILE" in worker.stderr
+    web = start_django(SECRET_KEY="x" * 50, GIT_TOKEN_FILE=missing, GITDEPLOY_PROCESS="web")
+    assert web.returncode == 0, web.stderr
+
+
 def test_readme_lists_every_variable_the_settings_read():
     from tests.test_compose import settings_variables
 
