@@ -222,9 +222,8 @@ def test_web_and_worker_share_the_seed_repo_volume():
 def test_web_publishes_the_seed_ports():
     web = load_compose()["services"]["web"]
     assert {"8880:8880", "80:8880"} <= set(web["ports"])
-    assert "--bind" in web["command"] and web["command"][web["command"].index("--bind") + 1] == (
-        "0.0.0.0:8880"
-    )
+    assert web["command"] == ["gunicorn"]  # gunicorn.conf.py, bound to WEB_BIND
+    assert dockerfile_env()["WEB_BIND"] == "0.0.0.0:8880"
 
 
 def test_plain_http_is_never_published_on_443():
@@ -601,8 +600,8 @@ def test_signed_push_reaches_the_checkout_through_web_and_worker(tmp_path, compo
         "MIGRATION_WAIT_TIMEOUT": "40",
     }
     web_command = list(services["web"]["command"])
-    web_command[web_command.index("--bind") + 1] = f"127.0.0.1:{port}"
     web_env = service_environment(services["web"], tmp_path, overrides)
+    web_env["WEB_BIND"] = f"127.0.0.1:{port}"  # the image's 0.0.0.0:8880, on a free port here
     worker_env = service_environment(services["worker"], tmp_path, overrides)
     assert web_env["REPO_DIR"] == worker_env["REPO_DIR"] == str(repo_dir)
 
