@@ -654,7 +654,17 @@ class SyncRunAdmin(TriggerMixin, ReadOnlyAdmin):
                 ]
             },
         ),
-        ("Result", {"fields": ["post_deploy_exit_code", "error_display", "log_display"]}),
+        (
+            "Result",
+            {
+                "fields": [
+                    "post_deploy_exit_code",
+                    "error_display",
+                    "notifications_display",
+                    "log_display",
+                ]
+            },
+        ),
     ]
 
     class Media:
@@ -760,6 +770,13 @@ class SyncRunAdmin(TriggerMixin, ReadOnlyAdmin):
         if not run.error:
             return "—"
         return format_html('<pre class="gd-pre">{}</pre>', scrub(run.error, run.repository))
+
+    @admin.display(description="notifications")
+    def notifications_display(self, run):
+        """What the worker told the outside world about this run (webhook, email, Git host)."""
+        if not run.notifications:
+            return "—"
+        return format_html('<pre class="gd-pre">{}</pre>', scrub(run.notifications, run.repository))
 
     @admin.display(description="log")
     def log_display(self, run):
@@ -951,6 +968,7 @@ class DeliveryAdmin(TriggerMixin, ReadOnlyAdmin):
                     "provider",
                     "event",
                     "delivery_id",
+                    "webhook_id",
                     "redelivery_of_link",
                 ]
             },

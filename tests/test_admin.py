@@ -857,3 +857,21 @@ def test_reveal_needs_the_change_permission(client, viewer, site):
     response = client.post(reveal)
     assert response.status_code == 403
     assert SECRET not in body_of(response)
+
+
+def test_run_and_delivery_pages_show_notifications_and_the_signed_webhook_id(
+    client, viewer, site, succeeded_run, delivery
+):
+    SyncRun.objects.filter(pk=succeeded_run.pk).update(
+        notifications="12:00:01 webhook: failed: HTTP 500\n12:00:02 email: sent"
+    )
+    Delivery.objects.filter(pk=delivery.pk).update(webhook_id="msg_2KWPBgLlAfxdpx2AI54pPJ85f4W")
+    client = client_for(client, viewer)
+    run_page = body_of(
+        client.get(reverse("admin:gitdeploy_syncrun_change", args=[succeeded_run.pk]))
+    )
+    assert "webhook: failed: HTTP 500" in run_page and "email: sent" in run_page
+    delivery_page = body_of(
+        client.get(reverse("admin:gitdeploy_delivery_change", args=[delivery.pk]))
+    )
+    assert "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W" in delivery_page
