@@ -485,21 +485,25 @@ def ready(port: int) -> tuple[int, dict]:
     return status, json.loads(body)
 
 
-def check_initial_state(stack: Stack, web_port: int) -> None:
-    """The state after `up -d` and before any push, as docs/ec2.md §4 describes it: nothing is
-    fetched at start; ../repo is empty, the landing page says "nothing yet", /api/ready is ok.
-    When an automatic initial sync on start (trigger "initial") arrives, this is the one place to
-    change: wait for that run to succeed and for ../repo to be at the branch tip instead."""
+def check_initial_state(stack: Stack, web_port: int, tip: str) -> None:
+    """The state after `up -d` and before any push, as docs/ec2.md §4 describes it: the worker
+    deploys the branch tip at once (an "initial" sync, no push needed), /api/ready is ok and the
+    landing page shows the commit."""
+    took = wait_deployed(stack, tip, 60)
+    say(f"    initial sync deployed {tip[:12]} without a push ({took:.1f} s after the check began)")
+    wait_for(
+        "the initial run recorded as succeeded",
+        lambda: stack.psql("SELECT trigger, status FROM gitdeploy_syncrun")
+        == [["initial", "succeeded"]],
+        20,
+    )
     status, body = wait_for("/api/ready 200", lambda: (r := ready(web_port))[0] == 200 and r, 60)
     check(body["status"] == "ok", f"/api/ready: {body}")
     status, _, page = request("GET", web_port, "/")
     check(
-        status == 200 and b"nothing yet" in page and b"never" in page,
-        f"landing page before the first push: {status}",
+        status == 200 and tip[:7].encode() in page,
+        f"landing page after the initial sync: {status}",
     )
-    check(list(stack.repo_dir.iterdir()) == [], "../repo is not empty before the first push")
-    runs = stack.psql("SELECT count(*) FROM gitdeploy_syncrun")
-    check(runs == [["0"]], f"SyncRuns before the first push: {runs}")
 
 
 def image_checks(workdir: Path) -> None:
@@ -561,20 +565,22 @@ def public_stack(workdir: Path, upstream_dir: Path) -> None:
         with assertion(
             "3", "a signed GitHub push lands in ../repo, owned by uid 1000, within seconds"
         ):
-            check_initial_state(stack, web_port)
-            # GitHub's ping when the webhook is added: 200, recorded as ignored.
+            check_initial_state(stack, web_port, first)
+            # GitHub's ping when the webhook is added: 200, recorded as ignored, no sync.
             status, ping, answer = github_push(web_port, secret, first, event="ping")
             check(status == 200, f"ping answered {status}: {answer[:300]!r}")
             rows = stack.psql(
                 f"SELECT verdict FROM gitdeploy_delivery WHERE delivery_id = '{ping}'"  # noqa: S608
             )
             check(rows == [["ignored"]], f"the ping's Delivery row: {rows}")
-            check(list(stack.repo_dir.iterdir()) == [], "a ping started a sync")
+            runs = stack.psql("SELECT count(*) FROM gitdeploy_syncrun")
+            check(runs == [["1"]], f"a ping started a sync: {runs}")
             # The first push, on the seed port and on the docs' plain-HTTP port.
-            status, delivery, answer = github_push(web_port, secret, first)
+            pushed = upstream.commit({"pushed.txt": "first push\n"}, "first push")
+            status, delivery, answer = github_push(web_port, secret, pushed)
             check(status == 202, f"push answered {status}: {answer[:300]!r}")
-            took = wait_deployed(stack, first, 30)
-            say(f"    deployed {first[:12]} {took:.1f} s after the 202")
+            took = wait_deployed(stack, pushed, 30)
+            say(f"    deployed {pushed[:12]} {took:.1f} s after the 202")
             check(took < 10, f"the first deploy took {took:.1f} s")
             check(
                 (stack.repo_dir / "README.md").read_text() == "hello from the compose test\n",
@@ -621,7 +627,7 @@ def public_stack(workdir: Path, upstream_dir: Path) -> None:
             worker_log = shown.stdout + shown.stderr
             say("    `docker compose logs worker` for it:\n" + worker_log.rstrip())
             check(
-                f"SyncRun {row['id']} failed" in worker_log,
+                f"sync run #{row['id']} failed" in worker_log,
                 "the worker's log does not say the run failed",
             )
             current = upstream.commit({".fail": None}, "post-deploy fixed")
@@ -849,6 +855,7 @@ def https_stack(workdir: Path, upstream_dir: Path) -> None:
     )
     stack.configure(settings)
     stack.make_repo_dir()
+    initial = upstream.commit({"tls.txt": "initial\n"}, "initial")
     ca = workdir / "caddy-root.crt"
     try:
         with assertion(
@@ -882,8 +889,10 @@ def https_stack(workdir: Path, upstream_dir: Path) -> None:
                 60,
                 1,
             )
-            check(b"nothing yet" in page, "landing page over HTTPS")
-            # The first sync started by hand, as docs/ec2.md §4 says.
+            wait_deployed(stack, initial, 60)  # the initial sync, at start
+            status, _, page = request("GET", 443, "/", tls_ca=ca)
+            check(initial[:7].encode() in page, "landing page over HTTPS")
+            # A sync started by hand, as docs/ec2.md §4 says.
             first = upstream.commit({"tls.txt": "first, by hand\n"})
             shown = stack.compose("exec", "-T", "worker", "python", "manage.py", "sync", "default")
             check(first in shown.stdout + shown.stderr, "manage.py sync did not print the commit")
