@@ -485,6 +485,37 @@ def ready(port: int) -> tuple[int, dict]:
     return status, json.loads(body)
 
 
+def push_among_slow_clients(port: int, secret: str, sha: str, clients: int = 200) -> float:
+    """Issue 11: slow clients took the synchronous workers down. Opens `clients` connections that
+    send a header line a second and never finish, then times a signed push."""
+    connections, stop = [], threading.Event()
+    for _ in range(clients):
+        connection = socket.create_connection(("127.0.0.1", port), timeout=10)
+        connection.sendall(b"POST /api/webhook HTTP/1.1\r\nHost: localhost\r\n")
+        connections.append(connection)
+
+    def trickle() -> None:
+        while not stop.wait(1.0):
+            for connection in connections:
+                with contextlib.suppress(OSError):
+                    connection.sendall(b"X-Slow: 1\r\n")
+
+    trickler = threading.Thread(target=trickle, daemon=True)
+    trickler.start()
+    try:
+        time.sleep(2)
+        started = time.monotonic()
+        status, _, answer = github_push(port, secret, sha)
+        took = time.monotonic() - started
+        check(status == 202, f"push among slow clients answered {status}: {answer[:200]!r}")
+        return took
+    finally:
+        stop.set()
+        trickler.join(5)
+        for connection in connections:
+            connection.close()
+
+
 def check_initial_state(stack: Stack, web_port: int, tip: str) -> None:
     """The state after `up -d` and before any push, as docs/ec2.md §4 describes it: the worker
     deploys the branch tip at once (an "initial" sync, no push needed), /api/ready is ok and the
@@ -633,6 +664,13 @@ def public_stack(workdir: Path, upstream_dir: Path) -> None:
             current = upstream.commit({".fail": None}, "post-deploy fixed")
             check(github_push(web_port, secret, current)[0] == 202, "push not accepted")
             wait_deployed(stack, current, 30)
+
+        with assertion(
+            "slow", "200 clients trickling headers to the published port: a signed push still lands"
+        ):
+            took = push_among_slow_clients(web_port, secret, upstream.commit())
+            say(f"    signed push answered in {took * 1000:.0f} ms with 200 slow clients open")
+            check(took < 10, f"the push took {took:.1f} s among slow clients (was > 60 s)")
 
         with assertion(
             "5", "restart db while signed pushes stream in: 202 or 503 only, every 2xx recorded"
