@@ -200,7 +200,7 @@ def execute_run(run_id: int, *, worker_id: str) -> SyncRun | None:
     path.parent.mkdir(parents=True, exist_ok=True)
     # One sync at a time per repository across processes: the OS lock (released by the kernel if
     # this process dies) plus the database's one-running-run constraint.
-    with sync.repository_lock(str(path)):
+    with sync.repository_lock(str(path)) as held:
         while True:
             # A run of this repository still 'running' past its lease lost its worker.
             recover_lost(repository)
@@ -213,14 +213,14 @@ def execute_run(run_id: int, *, worker_id: str) -> SyncRun | None:
             time.sleep(0.5)
         running_here.add(run.pk)
         try:
-            _perform(run)
+            _perform(run, held)
         finally:
             running_here.discard(run.pk)
     close_old_connections()
     return run
 
 
-def _perform(run: SyncRun) -> None:
+def _perform(run: SyncRun, held: sync.HeldLock) -> None:
     repository = run.repository
     log = RunLog(repository.secrets())
     trigger = run.get_trigger_display()
@@ -232,9 +232,11 @@ def _perform(run: SyncRun) -> None:
     )
     if run.pin_commit:
         log(f"deploying exactly {run.requested_commit}")
+    if held.ended:
+        log(held.ended)
     keeper = LeaseKeeper(run, log)
     try:
-        result = sync.sync(spec_for(run, log.secrets), log=log.synced, heartbeat=keeper)
+        result = sync.sync(spec_for(run, log.secrets), log=log.synced, heartbeat=keeper, lock=held)
     except sync.SyncError as exc:
         log(f"FAILED: {exc}")
         failure = exc  # the except clause unbinds exc; the retries below still need it
