@@ -188,7 +188,13 @@ def test_a_holder_killed_before_its_command_was_written_down_runs_nothing(tmp_pa
             raise OSError("disk full")
 
     with pytest.raises(OSError):
-        process.run(["/bin/sh", "-c", f"touch {marker}"], cwd=None, env={"PATH": "/usr/bin:/bin"},
-                    timeout=10, heartbeat=lambda: None, record=Dying(str(tmp_path / "r")))  # fmt: skip
+        process.run(
+            ["/bin/sh", "-c", f"touch {marker}"],
+            cwd=None,
+            env={"PATH": "/usr/bin:/bin"},
+            timeout=10,
+            heartbeat=lambda: None,
+            record=Dying(str(tmp_path / "r")),
+        )
     time.sleep(0.3)
     assert not marker.exists()
