@@ -204,7 +204,9 @@ class GroupRecord:
             self.clear()  # the machine restarted since: nothing of that boot runs
             return ""
         if record.get("pid_namespace") != _pid_namespace():
-            # Another container sharing LOCK_DIR: its pids are not ours to see or signal.
+            # Another container sharing LOCK_DIR (or this one before a restart, which ended all
+            # of its processes): its pids are not ours to see or signal. Said once.
+            self.clear()
             return (
                 f"{what} (process group {pgid}) was left by a worker in another pid namespace; "
                 "it cannot be checked from here"

@@ -198,3 +198,25 @@ def test_a_holder_killed_before_its_command_was_written_down_runs_nothing(tmp_pa
         )
     time.sleep(0.3)
     assert not marker.exists()
+
+
+def test_a_record_from_another_pid_namespace_is_reported_once_and_not_acted_on(tmp_path):
+    from gitdeploy import process
+
+    lock_path = str(tmp_path / "repo.lock")
+    stranger = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        record = process.GroupRecord(f"{lock_path}.command")
+        record.write(stranger.pid, "marker", "the post-deploy command")
+        with open(record.path) as f:
+            text = f.read()
+        with open(record.path, "w") as f:
+            f.write(text.replace('"pid_namespace": "', '"pid_namespace": "other-'))
+        with repository_lock(lock_path) as held:
+            assert "another pid namespace" in held.ended
+        with repository_lock(lock_path) as held:
+            assert held.ended == ""
+        assert stranger.poll() is None
+    finally:
+        stranger.kill()
+        stranger.wait()
