@@ -47,6 +47,7 @@ def test_pushes_through_database_restarts_are_recorded_or_answered_503(
     subprocess_env,
     remote,
     tmp_path,
+    figures,
 ):
     db = private_postgres
     env = {
@@ -130,7 +131,7 @@ def test_pushes_through_database_restarts_are_recorded_or_answered_503(
         finally:
             stop.set()
             worker.kill()
-    print(
+    figures(
         f"database restarts under load: {len(answers)} signed pushes, {len(ok)} answered 2xx "
         f"(all recorded), {len(unavailable)} answered 503 with Retry-After, 0 other; "
         f"runs {dict(runs)}, none left queued or running; web and worker still up"

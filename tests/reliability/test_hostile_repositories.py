@@ -35,7 +35,7 @@ def tree_of(path: Path) -> dict[str, str]:
 
 @pytest.mark.parametrize("mode", ["inplace", "atomic"])
 def test_hostile_names_and_symlinks_run_nothing_and_write_nothing_outside(
-    mode, admin_client, client, make_repository, remote, settings, tmp_path
+    mode, admin_client, client, make_repository, remote, settings, tmp_path, figures
 ):
     settings.LOCK_DIR = tmp_path / "locks"
     pwned = tmp_path / "pwned"
@@ -132,7 +132,7 @@ def test_hostile_names_and_symlinks_run_nothing_and_write_nothing_outside(
         assert b"<b>bold</b>" not in page and b"<script>alert" not in page
         assert b"<img src=x" not in page
     assert any(b"&lt;b&gt;bold&lt;/b&gt;" in page for page in pages)
-    print(
+    figures(
         f"hostile repository ({mode}): {len(names)} hostile file names, 3 escaping symlinks, "
         f"branch {branch!r}: nothing ran, nothing written outside, {len(pages)} pages escaped"
     )

@@ -50,6 +50,7 @@ def test_the_orphaned_post_deploy_command_is_ended_before_the_recovered_run_star
     remote,
     start_worker,  # noqa: F811 - the fixture
     tmp_path,
+    figures,
 ):
     stamps, ticks = tmp_path / "stamps.log", tmp_path / "ticks"
     ticks.write_text("300\n")  # the first command would run for 30 s or more
@@ -81,7 +82,7 @@ def test_the_orphaned_post_deploy_command_is_ended_before_the_recovered_run_star
     lost_first, lost_last, lost_ended = found[answer["sync_run"]]
     new_first, new_last, new_ended = found[fresh.pk]
     gap = new_first - lost_last
-    print(
+    figures(
         f"orphan ran {lost_last - lost_first:.2f}s, killed; recovered command started "
         f"{gap:.2f}s after the orphan's last write (overlap {max(-gap, 0):.2f}s)"
     )

@@ -131,9 +131,10 @@ def wait_for_phase(record: Path, phase: str, first: bool, timeout: float = 20) -
 
 @pytest.mark.parametrize("mode", ["inplace", "atomic"])
 def test_kill_9_at_random_moments_never_leaves_a_mixed_directory(
-    mode, client, make_repository, remote, subprocess_env, tmp_path
+    mode, client, make_repository, remote, subprocess_env, tmp_path, figures
 ):
-    rng = random.Random(seed(f"kill -9 ({mode})"))
+    kill_seed = seed(f"kill -9 ({mode})")
+    rng = random.Random(kill_seed)
     stamps = tmp_path / "post-deploy-stamps"
     repository = make_repository(
         clone_url=remote.url,
@@ -189,10 +190,10 @@ def test_kill_9_at_random_moments_never_leaves_a_mixed_directory(
     assert not runs.active().exists()
     assert overlaps(stamps) == [], "two post-deploy commands ran at once"
     ended = sum("Ended " in log for log in runs.values_list("log", flat=True))
-    print(
+    figures(
         f"kill -9 ({mode}): {count} rounds in {time.monotonic() - started:.0f}s; kills by phase "
         f"{dict(sorted(killed_in.items()))}; runs {dict(statuses)}, {lost} lost and recovered, "
-        f"{ended} orphaned command(s) ended by the next run"
+        f"{ended} orphaned command(s) ended by the next run; seed {kill_seed}"
     )
     if mode == "atomic":
         releases = sorted(os.listdir(Path(repository.target_dir) / "releases"))

@@ -59,7 +59,7 @@ def snapshot(path: Path) -> dict[str, tuple[float, bytes]]:
 
 @pytest.mark.parametrize("mode", ["inplace", "atomic"])
 def test_the_remote_down_then_up_is_retried_with_backoff_and_the_directory_kept(
-    mode, client, make_repository, remote, subprocess_env, tmp_path
+    mode, client, make_repository, remote, subprocess_env, tmp_path, figures
 ):
     daemon = Daemon(remote.root)
     daemon.start()
@@ -114,7 +114,7 @@ def test_the_remote_down_then_up_is_retried_with_backoff_and_the_directory_kept(
     deployed = target / "current" if mode == "atomic" else target
     assert (deployed / "site.txt").read_text() == "v2\n"
     assert git("status", "--porcelain", cwd=deployed) == ""
-    print(
+    figures(
         f"remote outage ({mode}): down {outage:.1f}s, {len(attempts) - 1} failed attempt(s), "
         f"retry waits {[round(w, 1) for w in waits]}s, deployed on attempt {done.attempt}"
     )

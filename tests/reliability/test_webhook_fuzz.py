@@ -237,7 +237,7 @@ def encode(request) -> bytes:
     return head.encode("latin-1") + b"\r\n" + payload
 
 
-def test_no_request_breaks_the_webhook(make_repository, subprocess_env, tmp_path):
+def test_no_request_breaks_the_webhook(make_repository, subprocess_env, tmp_path, figures):
     repository = make_repository(slug="fuzz", branch=BRANCH, webhook_secret=SECRET)
     env = {**subprocess_env, "MAX_WEBHOOK_BYTES": str(MAX_BODY),
            "REJECTED_DELIVERIES_PER_MINUTE": "100000", "LOG_LEVEL": "WARNING"}  # fmt: skip
@@ -298,7 +298,7 @@ def test_no_request_breaks_the_webhook(make_repository, subprocess_env, tmp_path
 
     queued_runs = SyncRun.objects.filter(repository=repository).count()
     elapsed = time.monotonic() - started
-    print(
+    figures(
         f"webhook fuzz: {figures['requests']} requests in {elapsed:.0f}s "
         f"({figures['requests'] / elapsed:.0f}/s), "
         f"statuses {dict(sorted(figures['by_status'].items()))}, "
