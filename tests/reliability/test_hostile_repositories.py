@@ -134,5 +134,6 @@ def test_hostile_names_and_symlinks_run_nothing_and_write_nothing_outside(
     assert any(b"&lt;b&gt;bold&lt;/b&gt;" in page for page in pages)
     figures(
         f"hostile repository ({mode}): {len(names)} hostile file names, 3 escaping symlinks, "
-        f"branch {branch!r}: nothing ran, nothing written outside, {len(pages)} pages escaped"
+        f"$(...), backticks and HTML in the branch and messages: nothing ran, nothing written "
+        f"outside the target, {len(pages)} pages escaped"
     )

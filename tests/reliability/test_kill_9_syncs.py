@@ -149,10 +149,14 @@ def test_kill_9_at_random_moments_never_leaves_a_mixed_directory(
     killed_in: collections.Counter[str] = collections.Counter()
     started = time.monotonic()
     count = rounds()
+    # Every phase as often as the others, in a seeded order; the first sync is the clone.
+    phases = (PHASES * count)[: count - 1]
+    rng.shuffle(phases)
+    phases.insert(0, "clone")
     try:
         for round_no in range(count):
             tip = remote.commit(commit_files(rng, round_no), f"round {round_no}")
-            phase = "clone" if round_no == 0 else rng.choice(PHASES)
+            phase = phases[round_no]
             extra = rng.uniform(0, 0.05)
             delay = rng.uniform(0, 2.0)
             push_webhook(client, repository, tip, f"kill-{mode}-{round_no}")
