@@ -243,7 +243,7 @@ def test_no_request_breaks_the_webhook(make_repository, subprocess_env, tmp_path
            "REJECTED_DELIVERIES_PER_MINUTE": "100000", "LOG_LEVEL": "WARNING"}  # fmt: skip
     fuzz_seed = seed("webhook fuzz")
     count = examples()
-    figures = {"requests": 0, "by_status": {}, "queued": 0, "flooded": 0,
+    tally = {"requests": 0, "by_status": {}, "queued": 0, "flooded": 0,
                "refused_by_gunicorn": 0}
     started = time.monotonic()
 
@@ -262,8 +262,8 @@ def test_no_request_breaks_the_webhook(make_repository, subprocess_env, tmp_path
         @given(requests())
         def check(request):
             answer = http_request(server.port, encode(request))
-            figures["requests"] += 1
-            figures["by_status"][answer.status] = figures["by_status"].get(answer.status, 0) + 1
+            tally["requests"] += 1
+            tally["by_status"][answer.status] = tally["by_status"].get(answer.status, 0) + 1
             assert answer.status < 500, (answer.status, answer.body[:500], server.output()[-3000:])
             new = list(
                 Delivery.objects.filter(pk__gt=last["delivery"])
@@ -276,11 +276,11 @@ def test_no_request_breaks_the_webhook(make_repository, subprocess_env, tmp_path
                 # gunicorn's own refusal of a request HTTP does not allow: Django never saw it.
                 assert answer.status == 400 and b"Bad Request" in answer.body, answer.body[:500]
                 assert new == []
-                figures["refused_by_gunicorn"] += 1
+                tally["refused_by_gunicorn"] += 1
                 return
             reaches = request["path"] in ("/hooks/fuzz/", "/hooks/fuzz")
             if answer.status == 429:
-                figures["flooded"] += 1
+                tally["flooded"] += 1
                 assert new == [] and RejectionWindow.objects.filter(repository=repository).exists()
                 return
             assert len(new) == (1 if reaches else 0), (answer.status, answer.body[:300])
@@ -290,7 +290,7 @@ def test_no_request_breaks_the_webhook(make_repository, subprocess_env, tmp_path
             assert status_code == answer.status
             assert json.loads(answer.body)["delivery"] == pk
             if sync_run_id is not None or verdict in ("queued", "joined"):
-                figures["queued"] += 1
+                tally["queued"] += 1
                 assert request["valid"], (verdict, signature, reason)
                 assert signature == Delivery.Signature.VALID
 
@@ -299,11 +299,11 @@ def test_no_request_breaks_the_webhook(make_repository, subprocess_env, tmp_path
     queued_runs = SyncRun.objects.filter(repository=repository).count()
     elapsed = time.monotonic() - started
     figures(
-        f"webhook fuzz: {figures['requests']} requests in {elapsed:.0f}s "
-        f"({figures['requests'] / elapsed:.0f}/s), "
-        f"statuses {dict(sorted(figures['by_status'].items()))}, "
-        f"{figures['queued']} queued or joined a sync ({queued_runs} run(s)), "
-        f"{figures['flooded']} answered 429, {figures['refused_by_gunicorn']} refused by gunicorn "
+        f"webhook fuzz: {tally['requests']} requests in {elapsed:.0f}s "
+        f"({tally['requests'] / elapsed:.0f}/s), "
+        f"statuses {dict(sorted(tally['by_status'].items()))}, "
+        f"{tally['queued']} queued or joined a sync ({queued_runs} run(s)), "
+        f"{tally['flooded']} answered 429, {tally['refused_by_gunicorn']} refused by gunicorn "
         f"before Django, seed {fuzz_seed}"
     )
-    assert figures["requests"] >= count * 0.9  # hypothesis may stop early on a small space
+    assert tally["requests"] >= count * 0.9  # hypothesis may stop early on a small space
