@@ -14,7 +14,9 @@ of these together.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import secrets
 import signal
 import subprocess
 import threading
@@ -22,7 +24,15 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-__all__ = ["HEARTBEAT_EVERY", "KILL_GRACE", "OUTPUT_CAP", "Completed", "kill_group", "run"]
+__all__ = [
+    "HEARTBEAT_EVERY",
+    "KILL_GRACE",
+    "OUTPUT_CAP",
+    "Completed",
+    "GroupRecord",
+    "kill_group",
+    "run",
+]
 
 OUTPUT_CAP = 1024 * 1024  # bytes of output kept per stream (the tail)
 HEARTBEAT_EVERY = 1.0  # seconds between heartbeat() calls while a command runs (contract: <= 2 s)
@@ -74,6 +84,158 @@ def kill_group(proc: subprocess.Popen, grace: float = KILL_GRACE) -> None:
             continue
 
 
+# --------------------------------------------------------------------------------------------------
+# A command that outlives its worker
+#
+# The command runs in a session of its own, so a SIGTERM to the worker does not reach it; when the
+# worker dies by SIGKILL (or the OOM killer) nothing kills it either, and the run is recovered and
+# started again by another worker while the orphan (a slow post-deploy command, a git fetch) still
+# runs: two post-deploy commands for one repository at once. So a command run under a repository's
+# lock is written down next to the lock file (GroupRecord): its process group, its leader's start
+# time (a pid alone may have been reused) and a marker in its environment. Whoever next takes the
+# lock ends that group (SIGTERM, then SIGKILL) before it starts anything; a command that finished
+# is struck off, so what it deliberately left running in the background is not touched (a timeout
+# would not touch it either: only the group is ours).
+#
+# The command is only let go once it is written down: it starts behind a gate (a /bin/sh reading
+# one line from its stdin) that the worker opens after the record is on disk; a worker killed in
+# between closes the pipe, and the gate exits without running anything.
+
+MARKER_VARIABLE = "GITDEPLOY_COMMAND_ID"
+_GATE = 'IFS= read -r _ || exit 125; exec "$@" </dev/null'
+_ENDED_WITHIN = 10.0  # seconds a SIGKILLed group is given to disappear
+
+
+@dataclass(frozen=True)
+class _Proc:
+    pid: int
+    pgid: int
+    start: int  # clock ticks after boot: with the pid, names one process for this boot
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def _stat(pid: int | str) -> _Proc | None:
+    """pid's process group and start time; None when it is gone (or a zombie: it runs nothing)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    if fields[0] in (b"Z", b"X"):
+        return None
+    return _Proc(int(pid), int(fields[2]), int(fields[19]))
+
+
+def _group_members(pgid: int) -> list[_Proc]:
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit() and (proc := _stat(name)) is not None and proc.pgid == pgid:
+            found.append(proc)
+    return found
+
+
+def _carries(pid: int, marker: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return f"{MARKER_VARIABLE}={marker}".encode() in f.read().split(b"\0")
+    except OSError:
+        return False
+
+
+class GroupRecord:
+    """The command running under a repository's lock, written down in a file next to the lock
+    (the lock's holder writes it, and only while it holds the lock). See "A command that outlives
+    its worker" above."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def write(self, pid: int, marker: str, what: str) -> None:
+        leader = _stat(pid)
+        record = {
+            "pgid": pid,  # a new session's leader: its pid is its group's id
+            "start": leader.start if leader else 0,
+            "marker": marker,
+            "boot": _boot_id(),
+            "pid_namespace": _pid_namespace(),
+            "worker_pid": os.getpid(),
+            "what": what,
+        }
+        tmp = f"{self.path}.tmp-{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(record, f)
+        os.replace(tmp, self.path)
+
+    def clear(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+    def end_leftover(self, grace: float = KILL_GRACE) -> str:
+        """Ends the command a previous holder of the lock left running (it died with it still
+        going), and strikes it off. Returns what was done, for the run's log ("" when nothing
+        was left). Call it holding the lock."""
+        try:
+            with open(self.path) as f:
+                record = json.load(f)
+            pgid, start, marker = int(record["pgid"]), int(record["start"]), str(record["marker"])
+            what = str(record.get("what", "a command"))
+        except FileNotFoundError:
+            return ""
+        except (OSError, ValueError, KeyError, TypeError):
+            self.clear()  # unreadable: not ours to act on
+            return ""
+        if record.get("boot") != _boot_id():
+            self.clear()  # the machine restarted since: nothing of that boot runs
+            return ""
+        if record.get("pid_namespace") != _pid_namespace():
+            # Another container sharing LOCK_DIR (or this one before a restart, which ended all
+            # of its processes): its pids are not ours to see or signal. Said once.
+            self.clear()
+            return (
+                f"{what} (process group {pgid}) was left by a worker in another pid namespace; "
+                "it cannot be checked from here"
+            )
+        members = _group_members(pgid)
+        leader = next((p for p in members if p.pid == pgid), None)
+        ours = (leader is not None and leader.start == start) or any(
+            _carries(p.pid, marker) for p in members
+        )
+        if not members or not ours:
+            self.clear()  # it ended with its worker, or the id now belongs to someone else
+            return ""
+        began = time.monotonic()
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, _ENDED_WITHIN)):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, sig)
+            deadline = time.monotonic() + wait
+            while _group_members(pgid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not _group_members(pgid):
+                self.clear()
+                return (
+                    f"Ended {what} (process group {pgid}, {len(members)} process(es)) that a "
+                    f"lost worker (pid {record.get('worker_pid')}) left running: "
+                    f"{signal.Signals(sig).name}, {time.monotonic() - began:.1f}s"
+                )
+        raise OSError(f"{what} (process group {pgid}) a lost worker left still runs after SIGKILL")
+
+
 def run(
     argv: list[str],
     *,
@@ -83,20 +245,51 @@ def run(
     heartbeat: Callable[[], None],
     merge_output: bool = False,
     output_cap: int = OUTPUT_CAP,
+    record: GroupRecord | None = None,
+    what: str = "",
 ) -> Completed:
     """Runs argv in a new session with stdin closed, keeps the last output_cap bytes of its output,
     calls heartbeat about every HEARTBEAT_EVERY seconds while waiting, and kills the whole group
-    past timeout (timed_out=True) or when heartbeat raises (the exception propagates)."""
-    proc = subprocess.Popen(
-        argv,
-        cwd=cwd,
-        env=dict(env),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT if merge_output else subprocess.PIPE,
-        # A SIGTERM/SIGINT to the worker's process group must not reach the command.
-        start_new_session=True,
-    )
+    past timeout (timed_out=True) or when heartbeat raises (the exception propagates).
+
+    With a record (the caller holds the repository's lock), the command's group is written down
+    before it starts and struck off once it has ended, so that the lock's next holder can end it
+    if this process dies meanwhile (GroupRecord); `what` names it there."""
+    env = dict(env)
+    stdin, gate, marker = subprocess.DEVNULL, -1, ""
+    if record is not None:
+        marker = secrets.token_hex(16)
+        env[MARKER_VARIABLE] = marker
+        what = what or os.path.basename(argv[0])
+        stdin, gate = os.pipe()
+        argv = ["/bin/sh", "-c", _GATE, "gitdeploy-gate", *argv]
+    try:
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT if merge_output else subprocess.PIPE,
+            # A SIGTERM/SIGINT to the worker's process group must not reach the command.
+            start_new_session=True,
+        )
+    except BaseException:
+        if gate >= 0:
+            os.close(gate)
+        raise
+    finally:
+        if gate >= 0:
+            os.close(stdin)
+    if record is not None:
+        try:
+            record.write(proc.pid, marker, what)
+            os.write(gate, b"go\n")  # written down: the gate lets the command start
+        except BaseException:
+            kill_group(proc)
+            raise
+        finally:
+            os.close(gate)
     out, err = _Tail(output_cap), _Tail(output_cap)
     readers = [threading.Thread(target=out.drain, args=(proc.stdout,), daemon=True)]
     if not merge_output:
@@ -122,6 +315,8 @@ def run(
         kill_group(proc)
         raise
     finally:
+        if record is not None and proc.returncode is not None:
+            record.clear()  # ended (and reaped): nothing of it is the next holder's to end
         # A background process started by the command may keep the pipe open; do not wait for it.
         for reader in readers:
             reader.join(timeout=2)

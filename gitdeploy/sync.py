@@ -226,14 +226,27 @@ def commit_info(target_dir: str, deploy_mode: str, sha: str) -> CommitInfo | Non
         return None
 
 
+@dataclass
+class HeldLock:
+    """What repository_lock yields. `record` is where each command run under the lock is written
+    down (pass the lock to sync()); `ended` says what the taker had to end first: the command a
+    holder killed with kill -9 left running ("" when there was none), for the run's log."""
+
+    record: process.GroupRecord
+    ended: str = ""
+
+
 @contextlib.contextmanager
 def repository_lock(
     lock_path: str, *, heartbeat: Callable[[], None] | None = None, poll: float = 0.2
-) -> Iterator[None]:
+) -> Iterator[HeldLock]:
     """Exclusive OS lock (flock) on lock_path, which must live OUTSIDE the target directory.
 
     Blocks until acquired, calling heartbeat (about once a second) while waiting. The kernel drops
-    the lock when the process dies, so a killed worker never leaves a stale lock behind.
+    the lock when the process dies, so a killed worker never leaves a stale lock behind; but the
+    commands it ran live in sessions of their own and outlive it: the one it was running, written
+    down next to the lock (<lock_path>.command), is ended before this returns, so no two git or
+    post-deploy commands of one repository ever run at once (see process.GroupRecord).
     """
     os.makedirs(os.path.dirname(os.path.abspath(lock_path)), exist_ok=True)
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -249,7 +262,9 @@ def repository_lock(
                     heartbeat()
                     last_beat = time.monotonic()
                 time.sleep(poll)
-        yield
+        held = HeldLock(process.GroupRecord(f"{lock_path}.command"))
+        held.ended = held.record.end_leftover()
+        yield held
     finally:
         os.close(fd)  # closing the last descriptor releases the flock
 
@@ -438,9 +453,14 @@ class _Session:
     """One sync's state: the spec, the credentials, git's environment, the log and heartbeat."""
 
     def __init__(
-        self, spec: SyncSpec, log: Callable[[str], None], heartbeat: Callable[[], None]
+        self,
+        spec: SyncSpec,
+        log: Callable[[str], None],
+        heartbeat: Callable[[], None],
+        record: process.GroupRecord | None = None,
     ) -> None:
         self.spec = spec
+        self.record = record  # where each command is written down while it runs (HeldLock)
         self._log = log
         self._heartbeat = heartbeat
         self._last_beat = 0.0
@@ -584,8 +604,9 @@ class _Session:
         # cwd "/": a command outside a repository (init, ls-remote) must not pick up the config of
         # whatever repository the worker happens to run in.
         result = process.run(
-            argv, cwd="/", env=env, timeout=self.spec.git_timeout, heartbeat=self.beat
-        )
+            argv, cwd="/", env=env, timeout=self.spec.git_timeout, heartbeat=self.beat,
+            record=self.record, what=f"git {_subcommand(args)}",
+        )  # fmt: skip
         stderr = result.stderr.decode("utf-8", "replace").strip()
         if result.timed_out:
             raise self.error(
@@ -801,6 +822,8 @@ class _Session:
             timeout=spec.post_deploy_timeout,
             heartbeat=self.beat,
             merge_output=True,
+            record=self.record,
+            what="the post-deploy command",
         )
         if result.dropped:
             self.say(
@@ -1028,9 +1051,11 @@ def sync(
     *,
     log: Callable[[str], None] = _discard,
     heartbeat: Callable[[], None] = _no_heartbeat,
+    lock: HeldLock | None = None,
 ) -> SyncResult:
     """Brings spec.target_dir to the tip of spec.branch as fetched now (or to spec.commit exactly),
-    then runs the post-deploy command. Call it while holding repository_lock() for the repository.
+    then runs the post-deploy command. Call it while holding repository_lock() for the repository,
+    and pass what it yielded as `lock`: each command is then written down while it runs.
 
     log is called once per log line, as it happens, with the line already redacted (no trailing
     newline; sync keeps no copy). heartbeat is called about once a second while git or the
@@ -1039,7 +1064,7 @@ def sync(
     """
     session = None
     try:
-        session = _Session(spec, log, heartbeat)
+        session = _Session(spec, log, heartbeat, lock.record if lock else None)
         if spec.clone_url.startswith("-"):  # would be read as an option by git
             raise session.error("the clone URL cannot start with '-'", retryable=False)
         if not os.path.isabs(spec.target_dir):

@@ -206,7 +206,7 @@ def execute_run(run_id: int, *, worker_id: str) -> SyncRun | None:
     path.parent.mkdir(parents=True, exist_ok=True)
     # One sync at a time per repository across processes: the OS lock (released by the kernel if
     # this process dies) plus the database's one-running-run constraint.
-    with sync.repository_lock(str(path)):
+    with sync.repository_lock(str(path)) as held:
         while True:
             # A run of this repository still 'running' past its lease lost its worker.
             recover_lost(repository)
@@ -221,7 +221,7 @@ def execute_run(run_id: int, *, worker_id: str) -> SyncRun | None:
         try:
             with reporting.run_context(run):
                 reporting.run_started(run)
-                _perform(run)
+                _perform(run, held)
         except BaseException:
             reporting.run_finished(run, network=False)  # being stopped: no slow calls now
             raise
@@ -234,7 +234,7 @@ def execute_run(run_id: int, *, worker_id: str) -> SyncRun | None:
     return run
 
 
-def _perform(run: SyncRun) -> None:
+def _perform(run: SyncRun, held: sync.HeldLock) -> None:
     repository = run.repository
     log = RunLog(repository.secrets())
     trigger = run.get_trigger_display()
@@ -246,9 +246,11 @@ def _perform(run: SyncRun) -> None:
     )
     if run.pin_commit:
         log(f"deploying exactly {run.requested_commit}")
+    if held.ended:
+        log(held.ended)
     keeper = LeaseKeeper(run, log)
     try:
-        result = sync.sync(spec_for(run, log.secrets), log=log.synced, heartbeat=keeper)
+        result = sync.sync(spec_for(run, log.secrets), log=log.synced, heartbeat=keeper, lock=held)
     except sync.SyncError as exc:
         # sync has logged the error itself ("ERROR: ..."): say only what happens next.
         failure = exc  # the except clause unbinds exc; the writes below may be retried
