@@ -464,17 +464,43 @@ def requeue_stranded(now: datetime.datetime | None = None) -> list[SyncRun]:
     )
     if not queued:
         return []
-    covered = set()
+    # A live worker's RUNNING task waits for its run only while another run of the repository is
+    # running (the lock, the one-running-run constraint); otherwise the task was abandoned, e.g.
+    # its worker lost the database between claiming the task and claiming the run.
+    busy = set(
+        SyncRun.objects.filter(status=SyncRun.Status.RUNNING).values_list(
+            "repository_id", flat=True
+        )
+    )
+    repository_of = {run.pk: run.repository_id for run in queued}
+    covered, abandoned = set(), []
     tasks = DBTaskResult.objects.filter(
         task_path=run_sync.module_path,
         status__in=[TaskResultStatus.READY, TaskResultStatus.RUNNING],
-    ).values_list("status", "worker_ids", "args_kwargs")
-    for status, worker_ids, args_kwargs in tasks:
-        if status == TaskResultStatus.RUNNING and (not worker_ids or worker_ids[-1] not in alive):
-            continue  # its worker is gone: this task will never finish
+    ).values_list("id", "status", "worker_ids", "args_kwargs", "started_at")
+    for task_id, status, worker_ids, args_kwargs, started_at in tasks:
         args = (args_kwargs or {}).get("args") or []
-        if args:
-            covered.add(args[0])
+        run_id = args[0] if args else None
+        if status == TaskResultStatus.RUNNING:
+            if not worker_ids or worker_ids[-1] not in alive:
+                continue  # its worker is gone: this task will never finish
+            if (
+                run_id in repository_of
+                and repository_of[run_id] not in busy
+                and started_at is not None
+                and started_at < settle
+            ):
+                abandoned.append(task_id)
+                continue
+        if run_id is not None:
+            covered.add(run_id)
+    if abandoned:
+        DBTaskResult.objects.filter(id__in=abandoned, status=TaskResultStatus.RUNNING).update(
+            status=TaskResultStatus.FAILED,
+            finished_at=now,
+            exception_class_path="gitdeploy.worker.TaskAbandoned",
+            traceback="its worker went on without it (the database was lost mid-claim)",
+        )
     stranded = [run for run in queued if run.pk not in covered]
     for run in stranded:
         logger.warning("SyncRun %s was queued with no live task: queued again", run.pk)

@@ -343,9 +343,13 @@ def test_tasks_and_runs_left_by_a_dead_worker_are_swept(make_repository):
     DBTaskResult.objects.filter(pk=task.pk).update(
         status=TaskResultStatus.RUNNING, worker_ids=["ghost"], started_at=long_ago
     )
-    # A live worker's long task (waiting behind the repository lock) is left alone.
+    # A live worker's long task, waiting behind the repository lock while another run of the
+    # repository runs, is left alone.
     WorkerHeartbeat.beat("alive", "host", 1)
-    other, _ = SyncRun.request(make_repository(), trigger=SyncRun.Trigger.WEBHOOK)
+    other_repository = make_repository()
+    running, _ = SyncRun.request(other_repository, trigger=SyncRun.Trigger.WEBHOOK)
+    assert running.claim("alive")
+    other, _ = SyncRun.request(other_repository, trigger=SyncRun.Trigger.WEBHOOK)
     SyncRun.objects.filter(pk=other.pk).update(queued_at=long_ago)
     DBTaskResult.objects.exclude(pk=task.pk).update(
         status=TaskResultStatus.RUNNING, worker_ids=["alive"], started_at=long_ago
@@ -356,5 +360,26 @@ def test_tasks_and_runs_left_by_a_dead_worker_are_swept(make_repository):
     assert task.status == TaskResultStatus.FAILED and "ghost" in task.traceback
     ready = DBTaskResult.objects.filter(status=TaskResultStatus.READY)
     assert [t.args_kwargs["args"] for t in ready] == [[run.pk]]
-    assert DBTaskResult.objects.filter(status=TaskResultStatus.RUNNING).count() == 1
+    assert DBTaskResult.objects.filter(status=TaskResultStatus.RUNNING).count() == 2
     assert requeue_stranded() == [], "the new task covers it"
+
+
+def test_a_task_its_live_worker_abandoned_is_queued_again(make_repository):
+    """The worker lost the database between claiming the task and claiming the run, and went on
+    without it: its RUNNING task will never start the run, though the worker is alive."""
+    from django_tasks import TaskResultStatus
+
+    from gitdeploy.models import WorkerHeartbeat
+    from gitdeploy.worker import requeue_stranded
+
+    repository = make_repository()
+    run, _ = SyncRun.request(repository, trigger=SyncRun.Trigger.WEBHOOK)
+    long_ago = timezone.now() - datetime.timedelta(minutes=10)
+    SyncRun.objects.filter(pk=run.pk).update(queued_at=long_ago)
+    WorkerHeartbeat.beat("alive", "host", 1)
+    DBTaskResult.objects.update(
+        status=TaskResultStatus.RUNNING, worker_ids=["alive"], started_at=long_ago
+    )
+    assert requeue_stranded() == [run]
+    assert DBTaskResult.objects.get(status=TaskResultStatus.FAILED).args_kwargs["args"] == [run.pk]
+    assert DBTaskResult.objects.get(status=TaskResultStatus.READY).args_kwargs["args"] == [run.pk]

@@ -79,11 +79,11 @@ class Answer:
 
 
 def http_request(port: int, raw: bytes, timeout: float = 20) -> Answer:
-    """Sends the bytes as they are; reads the whole answer (the request says Connection: close)."""
+    """Sends the bytes as they are; reads the whole answer (the request says Connection: close).
+    The sending side stays open, as a Git host's does: under ASGI, a client that half-closes is a
+    client that went away, and Django drops its request."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as connection:
         connection.sendall(raw)
-        with contextlib.suppress(OSError):
-            connection.shutdown(socket.SHUT_WR)
         data = b""
         while chunk := connection.recv(65536):
             data += chunk

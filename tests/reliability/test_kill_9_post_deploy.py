@@ -13,7 +13,8 @@ import signal
 import pytest
 
 from gitdeploy.models import SyncRun, WorkerHeartbeat
-from tests.test_worker_processes import (  # noqa: F401 - start_worker is a fixture
+from tests.test_worker_processes import (  # noqa: F401 - fixtures
+    deployed_repository,
     head,
     push_webhook,
     start_worker,
@@ -46,7 +47,7 @@ def intervals(log_path) -> dict[int, tuple[float, float, bool]]:
 
 def test_the_orphaned_post_deploy_command_is_ended_before_the_recovered_run_starts_another(
     client,
-    make_repository,
+    deployed_repository,  # noqa: F811 - the fixture
     remote,
     start_worker,  # noqa: F811 - the fixture
     tmp_path,
@@ -54,7 +55,9 @@ def test_the_orphaned_post_deploy_command_is_ended_before_the_recovered_run_star
 ):
     stamps, ticks = tmp_path / "stamps.log", tmp_path / "ticks"
     ticks.write_text("300\n")  # the first command would run for 30 s or more
-    repository = make_repository(
+    # Deployed once already, so the worker has no initial sync to run: the push's run is the one
+    # killed and recovered.
+    repository = deployed_repository(
         clone_url=remote.url, post_deploy_command=SLOW_COMMAND.format(log=stamps, ticks=ticks)
     )
     lease = {"SYNC_LEASE_SECONDS": "2"}
