@@ -585,6 +585,13 @@ def main() -> None:  # noqa: C901 - one story, top to bottom
             f"\n[ack] wrk -t2 -c16 -d{WRK_SECONDS}s, signed {len(push_body('0' * 40))} B push, "
             "unique delivery ids"
         )
+        one_by_one = []
+        for i in range(20):
+            t0 = time.perf_counter()
+            send_push(port, remote.tip(), f"one-by-one-{i}")
+            one_by_one.append((time.perf_counter() - t0) * 1000)
+        say(f"  one request at a time: median {median(one_by_one):.1f} ms")
+        settle(SyncRun, repository)
         web_rss: list[float] = []
         for workers in (2, 4):
             processes.stop(web)
