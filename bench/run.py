@@ -22,7 +22,8 @@ What it measures (each section prints one block):
   idle     a worker with nothing to do: its CPU and the database's transactions per minute.
 
 Knobs (environment): BENCH_QUICK=1, BENCH_FILES, BENCH_COMMITS, BENCH_ROUNDS, BENCH_WRK_SECONDS,
-BENCH_BURST, BENCH_FLOOD, BENCH_IDLE_SECONDS, BENCH_KEEP=1 (keep the logs), BENCH_TRACE=1 (each
+BENCH_BURST, BENCH_FLOOD, BENCH_IDLE_SECONDS, BENCH_ONLY=deploy,ack,burst (a
+subset; memory and idle always run), BENCH_KEEP=1 (keep the logs), BENCH_TRACE=1 (each
 round's timeline), BENCH_POSTGRES (server URL, default
 postgres://postgres@127.0.0.1:5432; the bench creates and drops its own database there).
 """
@@ -68,6 +69,7 @@ BURST = knob("BENCH_BURST", 30, 10)
 FLOOD = knob("BENCH_FLOOD", 100, 30)
 FLOOD_SECONDS = 5.0
 IDLE_SECONDS = knob("BENCH_IDLE_SECONDS", 60, 10)
+SECTIONS = set(os.environ.get("BENCH_ONLY", "deploy,ack,burst").split(","))
 POSTGRES = os.environ.get("BENCH_POSTGRES", "postgres://postgres@127.0.0.1:5432").rstrip("/")
 SECRET = "bench-webhook-secret-0123456789"  # noqa: S105 - the bench's own repository
 SLUG = "bench"
@@ -524,144 +526,152 @@ def main() -> None:  # noqa: C901 - one story, top to bottom
 
         # ---- deploy: push -> deployed, beside the floor and the seed, rotated
         deploy(remote.tip(), "warm-up")  # the first deploy clones
-        floor, seed = base / "floor", base / "seed"
-        git("clone", "-q", remote.url, floor)
+        web_rss: list[float] = []
+        if "deploy" in SECTIONS:
+            floor, seed = base / "floor", base / "seed"
+            git("clone", "-q", remote.url, floor)
 
-        def timed(*commands: list[str]) -> float:
-            t0 = time.perf_counter()
-            for argv in commands:
-                subprocess.run(argv, env=GIT_ENV, check=True, capture_output=True)
-            return (time.perf_counter() - t0) * 1000
+            def timed(*commands: list[str]) -> float:
+                t0 = time.perf_counter()
+                for argv in commands:
+                    subprocess.run(argv, env=GIT_ENV, check=True, capture_output=True)
+                return (time.perf_counter() - t0) * 1000
 
-        def floor_once(sha: str) -> float:
-            return timed(
-                ["git", "-C", str(floor), "fetch", "-q", "origin", "main"],
-                ["git", "-C", str(floor), "reset", "-q", "--hard", "FETCH_HEAD"],
-            )
+            def floor_once(sha: str) -> float:
+                return timed(
+                    ["git", "-C", str(floor), "fetch", "-q", "origin", "main"],
+                    ["git", "-C", str(floor), "reset", "-q", "--hard", "FETCH_HEAD"],
+                )
 
-        def seed_once(sha: str) -> float:
-            t0 = time.perf_counter()
-            shutil.rmtree(seed, ignore_errors=True)
-            return (time.perf_counter() - t0) * 1000 + timed(
-                ["git", "clone", "-q", "--branch", "main", remote.url, str(seed)]
-            )
+            def seed_once(sha: str) -> float:
+                t0 = time.perf_counter()
+                shutil.rmtree(seed, ignore_errors=True)
+                return (time.perf_counter() - t0) * 1000 + timed(
+                    ["git", "clone", "-q", "--branch", "main", remote.url, str(seed)]
+                )
 
-        pickups: list[float] = []
+            pickups: list[float] = []
 
-        def gitdeploy_once(sha: str) -> float:
-            run = deploy(sha, f"round-{sha}")
-            pickups.append((run.started_at - run.queued_at).total_seconds() * 1000)
-            return run.bench_ms  # type: ignore[attr-defined]
+            def gitdeploy_once(sha: str) -> float:
+                run = deploy(sha, f"round-{sha}")
+                pickups.append((run.started_at - run.queued_at).total_seconds() * 1000)
+                return run.bench_ms  # type: ignore[attr-defined]
 
-        systems = {"gitdeploy": gitdeploy_once, "floor": floor_once, "seed": seed_once}
-        times: dict[str, list[float]] = {name: [] for name in systems}
-        ratios: dict[str, list[float]] = {"gitdeploy": [], "seed": []}
-        for r in range(ROUNDS):
-            names = list(systems)
-            names = names[r % 3 :] + names[: r % 3]
-            this_round = {}
-            for name in names:
-                (sha,) = remote.make_commits(1)
-                remote.push(sha)
-                this_round[name] = systems[name](sha)
-                times[name].append(this_round[name])
-            for name in ratios:
-                ratios[name].append(this_round[name] / this_round["floor"])
-        say(f"\n[deploy] push -> deployed, {ROUNDS} rounds, rotated (ms: median min max)")
-        for name, values in times.items():
-            say(f"  {name:<10} {median(values):7.1f} {min(values):7.1f} {max(values):7.1f}")
-        for name, values in ratios.items():
+            systems = {"gitdeploy": gitdeploy_once, "floor": floor_once, "seed": seed_once}
+            times: dict[str, list[float]] = {name: [] for name in systems}
+            ratios: dict[str, list[float]] = {"gitdeploy": [], "seed": []}
+            for r in range(ROUNDS):
+                names = list(systems)
+                names = names[r % 3 :] + names[: r % 3]
+                this_round = {}
+                for name in names:
+                    (sha,) = remote.make_commits(1)
+                    remote.push(sha)
+                    this_round[name] = systems[name](sha)
+                    times[name].append(this_round[name])
+                for name in ratios:
+                    ratios[name].append(this_round[name] / this_round["floor"])
+            say(f"\n[deploy] push -> deployed, {ROUNDS} rounds, rotated (ms: median min max)")
+            for name, values in times.items():
+                say(f"  {name:<10} {median(values):7.1f} {min(values):7.1f} {max(values):7.1f}")
+            for name, values in ratios.items():
+                say(
+                    f"  {name}/floor per round: median {median(values):.2f} "
+                    f"min {min(values):.2f} max {max(values):.2f}"
+                )
             say(
-                f"  {name}/floor per round: median {median(values):.2f} "
-                f"min {min(values):.2f} max {max(values):.2f}"
+                f"[pickup] queued -> started: median {median(pickups):.1f} ms, "
+                f"max {max(pickups):.1f} ms"
             )
-        say(
-            f"[pickup] queued -> started: median {median(pickups):.1f} ms, "
-            f"max {max(pickups):.1f} ms"
-        )
 
         # ---- ack throughput, beside a trivial WSGI app on the same gunicorn settings
-        say(
-            f"\n[ack] wrk -t2 -c16 -d{WRK_SECONDS}s, signed {len(push_body('0' * 40))} B push, "
-            "unique delivery ids"
-        )
-        one_by_one = []
-        for i in range(20):
-            t0 = time.perf_counter()
-            send_push(port, remote.tip(), f"one-by-one-{i}")
-            one_by_one.append((time.perf_counter() - t0) * 1000)
-        say(f"  one request at a time: median {median(one_by_one):.1f} ms")
-        settle(SyncRun, repository)
-        web_rss: list[float] = []
-        for workers in (2, 4):
-            processes.stop(web)
-            web = processes.gunicorn("project.wsgi:application", workers, port)
-            prefix = f"wrk{workers}"
-            app = run_wrk(base, port, f"/hooks/{SLUG}/", remote.tip(), prefix)
-            web_rss += [peak_rss_mb(pid) for pid in children(web.pid)]
-            rows = Delivery.objects.filter(delivery_id__startswith=f"{prefix}-").count()
-            trivial_port = free_port()
-            trivial = processes.gunicorn("bench.trivial_wsgi:application", workers, trivial_port)
-            plain = run_wrk(base, trivial_port, "/", remote.tip(), f"trivial{workers}")
-            processes.stop(trivial)
+        if "ack" in SECTIONS:
             say(
-                f"  {workers} workers: gitdeploy {app['rate']:.0f}/s p50 {app['p50']:.1f} ms "
-                f"p99 {app['p99']:.1f} ms (2xx {app['ok']:.0f}, other {app['other']:.0f}, "
-                f"rows {rows}, lost {max(0, int(app['ok']) - rows)}) | trivial app "
-                f"{plain['rate']:.0f}/s p50 {plain['p50']:.1f} ms p99 {plain['p99']:.1f} ms"
+                f"\n[ack] wrk -t2 -c16 -d{WRK_SECONDS}s, signed {len(push_body('0' * 40))} B push, "
+                "unique delivery ids"
             )
-        settled = settle(SyncRun, repository)
-        say(
-            f"  afterwards: HEAD at the tip {current_head(target) == remote.tip()}, "
-            f"runs left queued/running {settled}"
-        )
+            one_by_one = []
+            for i in range(20):
+                t0 = time.perf_counter()
+                send_push(port, remote.tip(), f"one-by-one-{i}")
+                one_by_one.append((time.perf_counter() - t0) * 1000)
+            say(f"  one request at a time: median {median(one_by_one):.1f} ms")
+            settle(SyncRun, repository)
+            for workers in (2, 4):
+                processes.stop(web)
+                web = processes.gunicorn("project.wsgi:application", workers, port)
+                prefix = f"wrk{workers}"
+                app = run_wrk(base, port, f"/hooks/{SLUG}/", remote.tip(), prefix)
+                web_rss += [peak_rss_mb(pid) for pid in children(web.pid)]
+                rows = Delivery.objects.filter(delivery_id__startswith=f"{prefix}-").count()
+                trivial_port = free_port()
+                trivial = processes.gunicorn(
+                    "bench.trivial_wsgi:application", workers, trivial_port
+                )
+                plain = run_wrk(base, trivial_port, "/", remote.tip(), f"trivial{workers}")
+                processes.stop(trivial)
+                say(
+                    f"  {workers} workers: gitdeploy {app['rate']:.0f}/s p50 {app['p50']:.1f} ms "
+                    f"p99 {app['p99']:.1f} ms (2xx {app['ok']:.0f}, other {app['other']:.0f}, "
+                    f"rows {rows}, lost {max(0, int(app['ok']) - rows)}) | trivial app "
+                    f"{plain['rate']:.0f}/s p50 {plain['p50']:.1f} ms p99 {plain['p99']:.1f} ms"
+                )
+            settled = settle(SyncRun, repository)
+            say(
+                f"  afterwards: HEAD at the tip {current_head(target) == remote.tip()}, "
+                f"runs left queued/running {settled}"
+            )
 
         # ---- bursts
-        say("\n[burst]")
-        for label, count, spread, command in (
-            (f"{BURST} commits then {BURST} concurrent webhooks", BURST, 0.0, ""),
-            (
-                f"{FLOOD} pushes in {FLOOD_SECONDS:g} s, post-deploy 1 s",
-                FLOOD,
-                FLOOD_SECONDS,
-                "sleep 1",
-            ),
-        ):
-            Repository.objects.filter(pk=repository.pk).update(post_deploy_command=command)
-            shas = remote.make_commits(count)
-            first_run = SyncRun.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
-            watcher = GitWatcher(target)
-            watcher.start()
-            t0 = time.monotonic()
-            if spread:
-                for i, sha in enumerate(shas):
-                    time.sleep(max(0.0, t0 + i * spread / count - time.monotonic()))
-                    remote.push(sha)
-                    send_push(port, sha, f"flood-{i}")
-            else:
-                remote.push(shas[-1])
-                with concurrent.futures.ThreadPoolExecutor(count) as pool:
-                    sends = [
-                        pool.submit(send_push, port, sha, f"burst-{i}")
-                        for i, sha in enumerate(shas)
-                    ]
-                    for sent in sends:
-                        sent.result()
-            left = settle(SyncRun, repository)
-            elapsed = time.monotonic() - t0
-            most, most_top = watcher.stop()
-            runs = SyncRun.objects.filter(repository=repository, pk__gt=first_run)
-            executed = runs.exclude(started_at=None).count()
-            failed = runs.filter(status=SyncRun.Status.FAILED).count()
-            say(
-                f"  {label}: {executed} syncs executed, {failed} failed, {left} left; "
-                f"most git processes at once {most} ({most_top} not started by git); "
-                f"final commit is the last {current_head(target) == shas[-1]}; "
-                f"{elapsed:.1f} s"
-            )
-        Repository.objects.filter(pk=repository.pk).update(post_deploy_command="")
+        if "burst" in SECTIONS:
+            say("\n[burst]")
+            for label, count, spread, command in (
+                (f"{BURST} commits then {BURST} concurrent webhooks", BURST, 0.0, ""),
+                (
+                    f"{FLOOD} pushes in {FLOOD_SECONDS:g} s, post-deploy 1 s",
+                    FLOOD,
+                    FLOOD_SECONDS,
+                    "sleep 1",
+                ),
+            ):
+                Repository.objects.filter(pk=repository.pk).update(post_deploy_command=command)
+                shas = remote.make_commits(count)
+                first_run = (
+                    SyncRun.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
+                )
+                watcher = GitWatcher(target)
+                watcher.start()
+                t0 = time.monotonic()
+                if spread:
+                    for i, sha in enumerate(shas):
+                        time.sleep(max(0.0, t0 + i * spread / count - time.monotonic()))
+                        remote.push(sha)
+                        send_push(port, sha, f"flood-{i}")
+                else:
+                    remote.push(shas[-1])
+                    with concurrent.futures.ThreadPoolExecutor(count) as pool:
+                        sends = [
+                            pool.submit(send_push, port, sha, f"burst-{i}")
+                            for i, sha in enumerate(shas)
+                        ]
+                        for sent in sends:
+                            sent.result()
+                left = settle(SyncRun, repository)
+                elapsed = time.monotonic() - t0
+                most, most_top = watcher.stop()
+                runs = SyncRun.objects.filter(repository=repository, pk__gt=first_run)
+                executed = runs.exclude(started_at=None).count()
+                failed = runs.filter(status=SyncRun.Status.FAILED).count()
+                say(
+                    f"  {label}: {executed} syncs executed, {failed} failed, {left} left; "
+                    f"most git processes at once {most} ({most_top} not started by git); "
+                    f"final commit is the last {current_head(target) == shas[-1]}; "
+                    f"{elapsed:.1f} s"
+                )
+            Repository.objects.filter(pk=repository.pk).update(post_deploy_command="")
 
         # ---- memory, idle
+        web_rss += [peak_rss_mb(pid) for pid in children(web.pid)]
         say("\n[memory] peak RSS (VmHWM)")
         say(
             f"  web workers max {max(web_rss):.1f} MB; worker {peak_rss_mb(worker.pid):.1f} MB "
