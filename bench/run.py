@@ -314,7 +314,12 @@ class GitWatcher(threading.Thread):
                     if not comm.read().startswith(b"git"):
                         continue
                 with open(f"{proc}/cmdline", "rb") as cmd, open(f"{proc}/environ", "rb") as env:
-                    if self.needle not in cmd.read() and self.needle not in env.read():
+                    cwd = os.readlink(f"{proc}/cwd").encode()
+                    if not (
+                        cwd.startswith(self.needle)
+                        or self.needle in cmd.read()
+                        or self.needle in env.read()
+                    ):
                         continue
                 with open(f"{proc}/stat") as stat:
                     found[int(entry)] = int(stat.read().rsplit(")", 1)[1].split()[1])
@@ -677,6 +682,12 @@ def main() -> None:  # noqa: C901 - one story, top to bottom
             f"  web workers max {max(web_rss):.1f} MB; worker {peak_rss_mb(worker.pid):.1f} MB "
             f"(repository of {FILES} files)"
         )
+        lingering = [
+            pid
+            for pid in children(worker.pid)
+            if Path(f"/proc/{pid}/comm").read_text()[:3] == "git"
+        ]
+        say(f"  git processes the worker left running: {len(lingering)}")
         processes.stop(web)
         time.sleep(2)
         before = (transactions(admin, database), cpu_seconds(worker.pid), time.monotonic())
