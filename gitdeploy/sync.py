@@ -797,7 +797,9 @@ class _Session:
         carried over (name-status lines). With neither, that was the whole move. Edits it
         carried over are listed from its output, then overwritten by `git checkout -f`; when it
         refused (edits in the way, or untracked files where the commit adds tracked ones, which
-        are overwritten as they always were), `git status` lists the edits first.
+        are overwritten as they always were), `git status` lists the edits first. One edit goes
+        unlisted: a tracked file deleted here that the commit changes is simply written again
+        (git finds nothing to overwrite).
         """
         if head:
             self.say(f"$ git checkout --detach {sha}")
