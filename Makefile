@@ -92,7 +92,11 @@ check-deploy: install-test
 compose-test: install-test
 	bash tests/compose/run.sh $(COMPOSE_TEST_ARGS)
 
+# PostgreSQL on 127.0.0.1 (BENCH_POSTGRES to change; the bench makes and drops its own database)
+# and wrk (Debian's package, installed here when missing). BENCH_QUICK=1: every benchmark, small.
 bench: install-test
+	@command -v wrk >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null \
+		|| { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }; }
 	$(BIN)/python bench/run.py
 
 ci:

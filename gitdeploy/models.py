@@ -668,18 +668,21 @@ class SyncRun(models.Model):
         """queued → running for this worker, with a fresh lease. False if someone else got it, it
         was superseded, or another run of the repository is still running."""
         now = timezone.now()
+        fields = {
+            "status": self.Status.RUNNING,
+            "worker_id": worker_id,
+            "started_at": now,
+            "lease_expires_at": now + lease_duration(),
+        }
         try:
             with transaction.atomic():
                 claimed = SyncRun.objects.filter(pk=self.pk, status=self.Status.QUEUED).update(
-                    status=self.Status.RUNNING,
-                    worker_id=worker_id,
-                    started_at=now,
-                    lease_expires_at=now + lease_duration(),
+                    **fields
                 )
         except IntegrityError:
             return False
-        if claimed:
-            self.refresh_from_db()
+        if claimed:  # what the UPDATE wrote, without reading the row back
+            vars(self).update(fields)
         return bool(claimed)
 
     def renew_lease(self, log: str | None = None) -> bool:
@@ -708,24 +711,24 @@ class SyncRun(models.Model):
         committed_at: datetime.datetime | None = None,
     ) -> bool:
         """running → succeeded/failed, written only if this worker still owns the run."""
-        status = self.Status.SUCCEEDED if succeeded else self.Status.FAILED
+        fields = {
+            "status": self.Status.SUCCEEDED if succeeded else self.Status.FAILED,
+            "finished_at": timezone.now(),
+            "lease_expires_at": None,
+            "log": log,
+            "error": error,
+            "previous_commit": previous_commit,
+            "deployed_commit": deployed_commit,
+            "post_deploy_exit_code": post_deploy_exit_code,
+            "commit_subject": commit_subject[:500],
+            "commit_author": commit_author[:200],
+            "committed_at": committed_at,
+        }
         updated = SyncRun.objects.filter(
             pk=self.pk, status=self.Status.RUNNING, worker_id=self.worker_id
-        ).update(
-            status=status,
-            finished_at=timezone.now(),
-            lease_expires_at=None,
-            log=log,
-            error=error,
-            previous_commit=previous_commit,
-            deployed_commit=deployed_commit,
-            post_deploy_exit_code=post_deploy_exit_code,
-            commit_subject=commit_subject[:500],
-            commit_author=commit_author[:200],
-            committed_at=committed_at,
-        )
-        if updated:
-            self.refresh_from_db()
+        ).update(**fields)
+        if updated:  # what the UPDATE wrote, without reading the row back
+            vars(self).update(fields)
         return bool(updated)
 
     WORKER_LOST = "worker lost"

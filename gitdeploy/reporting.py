@@ -33,13 +33,16 @@ def short(commit: str) -> str:
 
 
 def run_fields(run: SyncRun) -> dict:
-    """The fields of a run's log lines (JSON keys with LOG_FORMAT=json)."""
-    delivery_id = (
-        run.deliveries.exclude(delivery_id="")
-        .order_by("-pk")
-        .values_list("delivery_id", flat=True)
-        .first()
-    )
+    """The fields of a run's log lines (JSON keys with LOG_FORMAT=json). The delivery id is read
+    once per run object: every line of the run asks for it."""
+    if not hasattr(run, "_delivery_id"):
+        run._delivery_id = (  # type: ignore[attr-defined]
+            run.deliveries.exclude(delivery_id="")
+            .order_by("-pk")
+            .values_list("delivery_id", flat=True)
+            .first()
+        )
+    delivery_id = run._delivery_id  # type: ignore[attr-defined]
     return {
         "repository": run.repository.slug,
         "run_id": run.pk,

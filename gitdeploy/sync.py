@@ -3,10 +3,14 @@ command. Plain values in (SyncSpec), a SyncResult out, SyncError on failure.
 
 Owns the two layouts, the git steps they share (resolve the branch, fetch, pick the commit, adopt
 an existing clone, move a working tree) and the post-deploy command. It may import only
-gitdeploy.process (running a command), gitdeploy.redaction (what a secret is), the standard
-library, and GitPython for read-only inspection (current_commit reads HEAD in pure Python without
-spawning git). No Django and no ORM: the worker owns the database side and calls sync() while
-holding repository_lock().
+gitdeploy.process (running a command), gitdeploy.redaction (what a secret is) and the standard
+library. No Django and no ORM: the worker owns the database side and calls sync() while holding
+repository_lock().
+
+Cost: an update in place is two git processes, `fetch` and `checkout`, and one pass over the
+working tree (the checkout's); refs and HEAD are read from their files (_read_ref), and local
+edits are reported by the checkout itself (see move_worktree). Every git process it starts has
+exited when sync() returns: nothing is left running in the background (see _PINNED_CONFIG).
 
 Nothing in the target directory runs as the worker: see "The repository's own configuration is
 not trusted" below.
@@ -35,12 +39,12 @@ import shlex
 import shutil
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
-import git
+from gitdb import GitDB
+from gitdb.exc import BadObject
 
 from gitdeploy import process
 from gitdeploy.redaction import (
@@ -66,6 +70,7 @@ _PERMANENT_GIT_ERRORS = (
 )
 _ABBREV_SHA = re.compile(r"^[0-9a-f]{4,64}$")
 _FULL_SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
+_LOOSE_FANOUT = re.compile(r"^[0-9a-f]{2}$")
 
 _ASKPASS_SCRIPT = """#!/bin/sh
 # Written by gitdeploy for one sync; the secret itself only lives in git's environment.
@@ -171,19 +176,60 @@ def _comparable_url(url: str) -> str:
 
 
 def current_commit(target_dir: str, deploy_mode: str) -> str:
-    """The commit deployed in target_dir, "" if nothing is deployed yet (or it is not ours)."""
+    """The commit deployed in target_dir, "" if nothing is deployed yet (or it is not ours).
+    Read from files, without running git."""
     if deploy_mode == "atomic":
         link = os.path.join(target_dir, "current")
         if not os.path.islink(link):
             return ""
         name = os.path.basename(os.readlink(link).rstrip("/"))
         return name if _FULL_SHA.match(name) else ""
-    if not os.path.isdir(os.path.join(target_dir, ".git")):
+    dot_git = os.path.join(target_dir, ".git")
+    if not os.path.isdir(dot_git) or os.path.islink(dot_git):
         return ""
+    return _read_ref(dot_git, dot_git, "HEAD") or ""
+
+
+def _read_ref(git_dir: str, common_dir: str, name: str) -> str | None:
+    """The object id `name` (HEAD, or a full ref name) points to, read from the files git keeps it
+    in: HEAD in git_dir, refs loose or in packed-refs in common_dir; symbolic refs are followed.
+    "" when it does not exist (an unborn HEAD), None when the files do not say (anything unusual:
+    a symlink, a reftable repository, an unreadable file), for the caller to ask git instead."""
+    for _depth in range(5):
+        base = git_dir if name == "HEAD" else common_dir
+        try:
+            # O_NOFOLLOW: a symlink planted as a ref is not read through (git would be asked).
+            fd = os.open(os.path.join(base, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            with os.fdopen(fd, "rb") as file:
+                value = file.read(512).decode("ascii", "replace").strip()
+        except FileNotFoundError:
+            return _packed_ref(common_dir, name)
+        except (OSError, ValueError):
+            return None
+        if _FULL_SHA.match(value):
+            return value
+        if not value.startswith("ref: refs/"):
+            return None
+        name = value[len("ref: ") :]
+        if ".." in name or name.endswith("/"):
+            return None
+    return None
+
+
+def _packed_ref(common_dir: str, name: str) -> str | None:
+    if name == "HEAD" or os.path.exists(os.path.join(common_dir, "reftable")):
+        return None
     try:
-        return git.Repo(target_dir).head.commit.hexsha
-    except (ValueError, OSError, git.exc.GitError):  # unborn HEAD, broken repository
+        with open(os.path.join(common_dir, "packed-refs"), "rb") as file:
+            for line in file:
+                sha, _, ref = line.decode("utf-8", "surrogateescape").rstrip("\n").partition(" ")
+                if ref == name and _FULL_SHA.match(sha):
+                    return sha
+    except FileNotFoundError:
         return ""
+    except OSError:
+        return None
+    return ""
 
 
 @dataclass(frozen=True)
@@ -196,33 +242,50 @@ class CommitInfo:
 def commit_info(target_dir: str, deploy_mode: str, sha: str) -> CommitInfo | None:
     """Subject, author and commit time of sha in the deployed repository; None if unreadable.
 
-    Read-only and in pure Python (GitPython over gitdb: no git process, so nothing configured in
-    the target directory runs)."""
+    Read-only and in pure Python: gitdb reads the one commit object (loose or packed) from the
+    repository's object store. No git process, so nothing configured in the target directory
+    (which the application can write) runs, and none is left behind."""
     if not sha or not _FULL_SHA.match(sha):
         return None
     if deploy_mode == "atomic":
         repo_path = os.path.join(target_dir, ".gitdeploy", "repo.git")
     else:
         repo_path = os.path.join(target_dir, ".git")
-    if not os.path.isdir(repo_path):
+    objects = os.path.join(repo_path, "objects")
+    if not os.path.isdir(objects):
         return None
     try:
-        # GitPython deprecates its GitDB backend in favour of a `git cat-file` process, but that
-        # process would read the target directory's own config (include.path, ...), which no git
-        # call of ours may honour; this is one commit object, read from our own fetch.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            repo = git.Repo(repo_path, odbt=git.GitDB)
-        commit = repo.commit(sha)
-        subject = commit.summary
-        if isinstance(subject, bytes):
-            subject = subject.decode("utf-8", "replace")
-        return CommitInfo(
-            subject=subject.replace("\x00", ""),
-            author=(commit.author.name or "").replace("\x00", ""),
-            committed_at=commit.committed_datetime,
-        )
-    except (ValueError, OSError, git.exc.GitError, KeyError, AttributeError):
+        stream = GitDB(objects).stream(bytes.fromhex(sha))
+        if stream.type != b"commit":
+            return None
+        raw = stream.read()
+    except (BadObject, ValueError, OSError, KeyError, AssertionError):
+        return None
+    headers, _, message = raw.partition(b"\n\n")
+    author, committed_at = "", None
+    for line in headers.split(b"\n"):
+        key, _, value = line.partition(b" ")
+        if key == b"author":
+            author = value.rsplit(b" <", 1)[0].decode("utf-8", "replace")
+        elif key == b"committer":
+            committed_at = _git_time(value)
+    subject = message.split(b"\n", 1)[0].decode("utf-8", "replace")
+    return CommitInfo(
+        subject=subject.replace("\x00", ""),
+        author=author.replace("\x00", ""),
+        committed_at=committed_at,
+    )
+
+
+def _git_time(identity: bytes) -> datetime.datetime | None:
+    """The time of a git identity line's tail: `Name <email> 1700000000 +0100`."""
+    try:
+        seconds, offset = identity.rsplit(b"> ", 1)[1].split()
+        sign = -1 if offset.startswith(b"-") else 1
+        minutes = int(offset[1:3]) * 60 + int(offset[3:5])
+        zone = datetime.timezone(datetime.timedelta(minutes=sign * minutes))
+        return datetime.datetime.fromtimestamp(int(seconds), tz=zone)
+    except (IndexError, ValueError):
         return None
 
 
@@ -312,6 +375,12 @@ _PINNED_CONFIG = [
     "-c", "remote.origin.uploadpack=git-upload-pack",
     "-c", "remote.origin.receivepack=git-receive-pack",
     "-c", "submodule.recurse=false",
+    # No git outlives the sync: the `gc --auto` a fetch starts when the repository needs packing
+    # runs inside the fetch (bounded by its timeout, killed with its process group) instead of
+    # detaching into the background, where it would hold the repository's locks into the next
+    # sync and run beside its checkout.
+    "-c", "gc.autoDetach=false",
+    "-c", "maintenance.autoDetach=false",
 ]  # fmt: skip
 
 # (section, subsection, key) kept from a repository's config; everything else is dropped.
@@ -630,6 +699,12 @@ class _Session:
         r = self.git("rev-parse", "--verify", "-q", rev, repo=repo, check=False, quiet=True)
         return r.stdout.decode().strip() if r.returncode == 0 else ""
 
+    def read_ref(self, repo: _Repo, name: str) -> str:
+        """What HEAD or a full ref name points to, from its file; git is asked only when the
+        files do not say (see _read_ref). "" when it does not exist."""
+        sha = _read_ref(repo.git_dir, repo.common_dir, name)
+        return self.rev(repo, name) if sha is None else sha
+
     def own_config(self, git_dir: str) -> None:
         """Reduces git_dir's config to the keys the worker needs (see "The repository's own
         configuration is not trusted"); rewrites it only when something else is in it."""
@@ -666,10 +741,7 @@ class _Session:
 
     def resolve_branch(self) -> str:
         if self.spec.branch:
-            r = self.git(
-                "check-ref-format", f"refs/heads/{self.spec.branch}", check=False, quiet=True
-            )
-            if r.returncode != 0 or self.spec.branch.startswith("-"):
+            if not valid_branch_name(self.spec.branch):
                 raise self.error(f"invalid branch name {self.spec.branch!r}", retryable=False)
             return self.spec.branch
         r = self.git("ls-remote", "--symref", "--", self.url, "HEAD", network=True)
@@ -698,7 +770,9 @@ class _Session:
     def target_commit(self, repo: _Repo, branch: str) -> str:
         spec = self.spec
         if not spec.commit:
-            sha = self.rev(repo, f"refs/remotes/origin/{branch}^{{commit}}")
+            # The ref the fetch just wrote, read from its file. Git never lets a branch point at
+            # anything but a commit, so it needs no peeling.
+            sha = self.read_ref(repo, f"refs/remotes/origin/{branch}")
             if not sha:
                 raise self.error(
                     f"branch {branch} was fetched but cannot be resolved", retryable=True
@@ -759,8 +833,11 @@ class _Session:
 
     def clear_stale_locks(self, git_dir: str, work_dir: str) -> None:
         locks = []
-        for root, _dirs, files in os.walk(git_dir):
+        objects = os.path.join(git_dir, "objects")
+        for root, dirs, files in os.walk(git_dir):
             locks += [os.path.join(root, f) for f in files if f.endswith(".lock")]
+            if root == objects:  # loose objects (objects/ab/...) never hold a lock: skip them
+                dirs[:] = [d for d in dirs if not _LOOSE_FANOUT.match(d)]
         if not locks:
             return
         busy = _git_processes_in(work_dir, locks)
@@ -789,6 +866,9 @@ class _Session:
                 continue
             changed.append(entry)
             skip = entry[:1] in ("R", "C")
+        self.say_local_changes(changed)
+
+    def say_local_changes(self, changed: list[str]) -> None:
         if changed:
             self.say(f"Local changes to {len(changed)} tracked file(s) are overwritten:")
             for entry in changed[:200]:
@@ -796,9 +876,40 @@ class _Session:
             if len(changed) > 200:
                 self.say(f"  ... and {len(changed) - 200} more")
 
-    def move_worktree(self, repo: _Repo, sha: str) -> None:
-        self.list_local_changes(repo)
+    def move_worktree(self, repo: _Repo, sha: str, *, head: str) -> None:
+        """Moves repo's working tree and index to sha, overwriting local edits to tracked files
+        (listed in the log) and keeping untracked files (unless clean_untracked). head is the
+        commit checked out there now ("" for none).
+
+        One pass over the tree: a plain `git checkout --detach` stats every tracked file once,
+        refuses to overwrite an edited file that the move changes, and prints the edits it
+        carried over (name-status lines). With neither, that was the whole move. Edits it
+        carried over are listed from its output, then overwritten by `git checkout -f`; when it
+        refused (edits in the way, or untracked files where the commit adds tracked ones, which
+        are overwritten as they always were), `git status` lists the edits first. One edit goes
+        unlisted: a tracked file deleted here that the commit changes is simply written again
+        (git finds nothing to overwrite).
+        """
+        if head:
+            self.say(f"$ git checkout --detach {sha}")
+            r = self.git("checkout", "--detach", sha, repo=repo, check=False, quiet=True)
+            if r.returncode == 0:
+                out = r.stdout.decode("utf-8", "replace")
+                carried = [line.replace("\t", " ", 1) for line in out.splitlines() if line]
+                if carried:
+                    self.say_local_changes(carried)
+                    self.git("checkout", "-q", "-f", "--detach", sha, repo=repo)
+                self.clean_untracked(repo)
+                return
+            # git's list of what was in the way, without its advice.
+            said = r.stderr.decode("utf-8", "replace").splitlines()
+            said = [line for line in said if not line.startswith(("Please ", "Aborting"))]
+            self.say("\n".join(said) or f"git checkout refused (exit {r.returncode})")
+            self.list_local_changes(repo)
         self.git("checkout", "-q", "-f", "--detach", sha, repo=repo)
+        self.clean_untracked(repo)
+
+    def clean_untracked(self, repo: _Repo) -> None:
         if self.spec.clean_untracked:
             # -d: untracked directories too; no -x: ignored files (.env, caches, node_modules,
             # uploads listed in .gitignore) are the application's data and stay.
@@ -848,6 +959,19 @@ class _Session:
             deployed_commit=deployed_commit,
             post_deploy_exit_code=code,
         )
+
+
+_REF_FORBIDDEN = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//")
+
+
+def valid_branch_name(branch: str) -> bool:
+    """Whether refs/heads/<branch> is a ref name git accepts (`git check-ref-format`'s rules,
+    checked here without starting git) that cannot be read as an option."""
+    if not branch or branch.startswith(("-", "/")) or branch.endswith(("/", ".")):
+        return False
+    if _REF_FORBIDDEN.search(branch):
+        return False
+    return not any(part.startswith(".") or part.endswith(".lock") for part in branch.split("/"))
 
 
 def _branch_refspec(branch: str) -> str:
@@ -955,7 +1079,7 @@ def _sync_inplace(s: _Session) -> SyncResult:
     repo = _Repo(dot_git, dot_git, target)
     branch, sha = s.fetch_target(repo, created=created)
     s.say(f"Deploying {sha} (branch {branch}, previous {s.previous or 'none'})")
-    s.move_worktree(repo, sha)
+    s.move_worktree(repo, sha, head=s.previous)
     code = s.post_deploy(target, branch, sha, deployed_commit=sha)
     return SyncResult(branch, s.previous, sha, code, target)
 
@@ -993,18 +1117,19 @@ def _sync_atomic(s: _Session) -> SyncResult:
     # The release's own `.git` file is the application's to rewrite: git is told its worktree
     # directory in the store instead (`worktree add` names it after the release).
     release_repo = _Repo(os.path.join(store, "worktrees", sha), store, release)
-    if (
-        os.path.isdir(release)
-        and os.path.isdir(release_repo.git_dir)
-        and s.rev(release_repo, "HEAD")
-    ):
+    release_head = ""
+    if os.path.isdir(release) and os.path.isdir(release_repo.git_dir):
+        release_head = s.read_ref(release_repo, "HEAD")
+    if release_head:
         s.say(f"Reusing releases/{sha}")
-        s.move_worktree(release_repo, sha)
+        s.move_worktree(release_repo, sha, head=release_head)
     else:
         if os.path.lexists(release):  # a half-made release from an interrupted run
             s.say(f"Removing incomplete releases/{sha}")
             shutil.rmtree(release, ignore_errors=True)
-        s.git("worktree", "prune", repo=store_repo)
+        if os.path.lexists(release_repo.git_dir):
+            # Registered but gone (or half-made): `worktree add` refuses the path until pruned.
+            s.git("worktree", "prune", repo=store_repo)
         s.git("worktree", "add", "-q", "--detach", release, sha, repo=store_repo)
     os.utime(release)  # retention keeps the most recently deployed releases
 
@@ -1077,7 +1202,7 @@ def sync(
         if spec.deploy_mode == "atomic":
             return _sync_atomic(session)
         return _sync_inplace(session)
-    except (OSError, git.exc.GitError) as exc:  # a file system problem (permissions, disk full)
+    except OSError as exc:  # a file system problem (permissions, disk full)
         message = f"{type(exc).__name__}: {exc}"
         if session is None:
             raise SyncError(redact(message, _secrets_of(spec)), retryable=False) from None

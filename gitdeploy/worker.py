@@ -210,13 +210,16 @@ def execute_run(run_id: int, *, worker_id: str) -> SyncRun | None:
         while True:
             # A run of this repository still 'running' past its lease lost its worker.
             recover_lost(repository)
+            if run.claim(worker_id):  # only if still queued: no need to read it first
+                break
             run.refresh_from_db()
             if run.status != SyncRun.Status.QUEUED:
                 return run
-            if run.claim(worker_id):
-                break
             # Another worker that does not share our lock directory still holds a live lease.
             time.sleep(0.5)
+        # The repository as it is now, not as it was before the lock was ours (an admin may have
+        # changed it meanwhile).
+        repository.refresh_from_db()
         running_here.add(run.pk)
         try:
             with reporting.run_context(run):

@@ -383,3 +383,31 @@ def test_a_task_its_live_worker_abandoned_is_queued_again(make_repository):
     assert requeue_stranded() == [run]
     assert DBTaskResult.objects.get(status=TaskResultStatus.FAILED).args_kwargs["args"] == [run.pk]
     assert DBTaskResult.objects.get(status=TaskResultStatus.READY).args_kwargs["args"] == [run.pk]
+
+
+def test_a_run_costs_ten_statements(make_repository, remote):
+    # Recovery check, the run, this repository's recovery check, the claim, the repository as it
+    # is now, the delivery id its log lines name (once), the result, the live record, and the
+    # reporting after the lock (the run as recorded, whether a notification is due). Reading back
+    # what an UPDATE just wrote is not needed.
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    repository = make_repository(clone_url=remote.url)
+    execute_run(SyncRun.request(repository, trigger=SyncRun.Trigger.CLI)[0].pk, worker_id="w")
+    remote.commit({"a.txt": "new\n"}, "v2")
+    run, _ = SyncRun.request(repository, trigger=SyncRun.Trigger.CLI)
+
+    with CaptureQueriesContext(connection) as queries:
+        done = execute_run(run.pk, worker_id="w")
+
+    statements = [
+        q["sql"] for q in queries.captured_queries if q["sql"].startswith(("SELECT", "UPDATE"))
+    ]
+    assert len(statements) <= 10, "\n".join(statements)
+    assert done is not None and done.status == SyncRun.Status.SUCCEEDED
+    assert done.deployed_commit == remote.tip() and done.finished_at and done.log
+    stored = SyncRun.objects.get(pk=run.pk)
+    assert (stored.status, stored.started_at, stored.finished_at, stored.lease_expires_at) == (
+        done.status, done.started_at, done.finished_at, None,
+    )  # fmt: skip
