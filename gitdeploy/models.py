@@ -602,9 +602,7 @@ class SyncRun(models.Model):
             requested_commit=commit,
         )
         table = connection.ops.quote_name(cls._meta.db_table)
-        join = (
-            f"requested_commit = CASE WHEN %s <> '' THEN %s ELSE {table}.requested_commit END"
-        )
+        join = f"requested_commit = CASE WHEN %s <> '' THEN %s ELSE {table}.requested_commit END"
         # savepoint=False: inside receive()'s transaction a savepoint would cost two more queries.
         with transaction.atomic(savepoint=False):
             if connection.vendor == "postgresql":

@@ -367,9 +367,7 @@ def recover_lost(repository: Repository | None = None) -> list[SyncRun]:
     """Called by every worker's monitor and before each claim: nothing stays 'running' after a
     kill -9. Returns the runs queued to carry the lost ones' requests on."""
     expired = (
-        SyncRun.objects.lease_expired()
-        .exclude(pk__in=running_here)
-        .select_related("repository")
+        SyncRun.objects.lease_expired().exclude(pk__in=running_here).select_related("repository")
     )
     if repository is not None:
         expired = expired.filter(repository=repository)

@@ -15,9 +15,7 @@ api_endpoint = settings.API_ENDPOINT.lstrip("/")
 if api_endpoint:
     urlpatterns.insert(
         0,
-        path(
-            api_endpoint, views.webhook, {"slug": ENV_SLUG, "env_only": True}, name="api_webhook"
-        ),
+        path(api_endpoint, views.webhook, {"slug": ENV_SLUG, "env_only": True}, name="api_webhook"),
     )
     if not api_endpoint.endswith("/"):
         urlpatterns.insert(

@@ -524,8 +524,10 @@ def check_initial_state(stack: Stack, web_port: int, tip: str) -> None:
     say(f"    initial sync deployed {tip[:12]} without a push ({took:.1f} s after the check began)")
     wait_for(
         "the initial run recorded as succeeded",
-        lambda: stack.psql("SELECT trigger, status FROM gitdeploy_syncrun")
-        == [["initial", "succeeded"]],
+        lambda: (
+            stack.psql("SELECT trigger, status FROM gitdeploy_syncrun")
+            == [["initial", "succeeded"]]
+        ),
         20,
     )
     status, body = wait_for("/api/ready 200", lambda: (r := ready(web_port))[0] == 200 and r, 60)

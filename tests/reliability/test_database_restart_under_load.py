@@ -113,8 +113,11 @@ def test_pushes_through_database_restarts_are_recorded_or_answered_503(
 
             # Unattended: the same web and worker deploy the last commit.
             wait_for(
-                lambda: git("rev-parse", "HEAD", cwd=tmp_path / "checkout") == last
-                if (tmp_path / "checkout" / ".git").exists() else False,
+                lambda: (
+                    git("rev-parse", "HEAD", cwd=tmp_path / "checkout") == last
+                    if (tmp_path / "checkout" / ".git").exists()
+                    else False
+                ),
                 90,
                 "the last commit to be deployed\n" + worker.output()[-3000:],
                 interval=0.3,

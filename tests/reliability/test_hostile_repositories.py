@@ -124,9 +124,7 @@ def test_hostile_names_and_symlinks_run_nothing_and_write_nothing_outside(
         admin_client.get(f"/admin/gitdeploy/syncrun/{run.pk}/change/").content,
         admin_client.get(f"/admin/gitdeploy/repository/{repository.pk}/change/").content,
         admin_client.get("/admin/gitdeploy/delivery/").content,
-        admin_client.get(
-            f"/admin/gitdeploy/delivery/{run.deliveries.first().pk}/change/"
-        ).content,
+        admin_client.get(f"/admin/gitdeploy/delivery/{run.deliveries.first().pk}/change/").content,
     ]
     for page in pages:
         assert b"<b>bold</b>" not in page and b"<script>alert" not in page

@@ -196,8 +196,13 @@ def test_a_forged_flood_is_counted_per_source_and_minute_and_a_real_push_still_l
         RejectionWindow.objects.all().delete()
         minute = timezone.now().replace(second=0, microsecond=0)
         answers = [
-            client.post(f"/hooks/{repository.slug}/", data=b"{}", content_type="application/json",
-                        headers=forged, REMOTE_ADDR="203.0.113.9")  # fmt: skip
+            client.post(
+                f"/hooks/{repository.slug}/",
+                data=b"{}",
+                content_type="application/json",
+                headers=forged,
+                REMOTE_ADDR="203.0.113.9",
+            )  # fmt: skip
             for _ in range(12)
         ]
         # Another source is not limited by the first one's flood, and neither is a signed push.

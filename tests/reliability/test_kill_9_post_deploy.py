@@ -72,9 +72,11 @@ def test_the_orphaned_post_deploy_command_is_ended_before_the_recovered_run_star
     ticks.write_text("20\n")  # the recovered run's command: 2 s
     rescuer = start_worker("rescuer", **lease)
     fresh = wait_for(
-        lambda: SyncRun.objects.filter(retry_of_id=answer["sync_run"])
-        .exclude(status__in=[SyncRun.Status.QUEUED, SyncRun.Status.RUNNING])
-        .first(),
+        lambda: (
+            SyncRun.objects.filter(retry_of_id=answer["sync_run"])
+            .exclude(status__in=[SyncRun.Status.QUEUED, SyncRun.Status.RUNNING])
+            .first()
+        ),
         timeout=90,
         message="the recovered run to finish",
     )

@@ -47,9 +47,9 @@ pytestmark = [
 ]
 
 
-
 def rounds() -> int:
     return int(os.environ.get("KILL_ROUNDS") or (8 if is_sqlite() else 20))
+
 
 FILES = 300
 PHASES = ["fetch", "checkout", "post-deploy", "random"]

@@ -81,8 +81,10 @@ def test_the_remote_down_then_up_is_retried_with_backoff_and_the_directory_kept(
         push_webhook(client, repository, second, "outage-2")
         # Two failed attempts (the first and its retry 1 s later), then the remote comes back.
         failed = wait_for(
-            lambda: SyncRun.objects.filter(status="failed").count() >= 2
-            and list(SyncRun.objects.filter(status="failed").order_by("pk")),
+            lambda: (
+                SyncRun.objects.filter(status="failed").count() >= 2
+                and list(SyncRun.objects.filter(status="failed").order_by("pk"))
+            ),
             60,
             "two failed attempts",
         )

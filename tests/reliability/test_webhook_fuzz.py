@@ -46,6 +46,7 @@ SECRET = "fuzz-secret-Zq8vN2"
 BRANCH = "master"  # most of the recorded pushes are to master
 MAX_BODY = 64 * 1024  # the fuzz server's MAX_WEBHOOK_BYTES, so 413 is reached with small bodies
 
+
 def examples() -> int:
     """FUZZ_EXAMPLES, else in CI 10,000 on PostgreSQL (production's database) and 2,000 on SQLite
     (which writes at half the speed: both in full would take most of the suite's time); 300 on a
@@ -195,8 +196,11 @@ def requests(draw):
                    {h.lower() for h in SIGNATURE_HEADERS.values()}}  # fmt: skip
     if how in ("ours", "other"):
         where = provider_dir.replace("bitbucket-server", "bitbucket").replace("vectors", "github")
-        header = SIGNATURE_HEADERS[where if how == "ours" and where in SIGNATURE_HEADERS
-                                   else draw(st.sampled_from(sorted(SIGNATURE_HEADERS)))]
+        header = SIGNATURE_HEADERS[
+            where
+            if how == "ours" and where in SIGNATURE_HEADERS
+            else draw(st.sampled_from(sorted(SIGNATURE_HEADERS)))
+        ]
         headers[header] = signed(body, header)
         valid_signatures.append(header)
     elif how == "wrong":
@@ -225,11 +229,14 @@ def encode(request) -> bytes:
     if request["chunked"]:
         head += "Transfer-Encoding: chunked\r\n"
         cuts = [0, *request["chunks"], len(body)]
-        payload = b"".join(
-            f"{end - start:x}\r\n".encode() + body[start:end] + b"\r\n"
-            for start, end in zip(cuts, cuts[1:], strict=False)
-            if end > start
-        ) + b"0\r\n\r\n"
+        payload = (
+            b"".join(
+                f"{end - start:x}\r\n".encode() + body[start:end] + b"\r\n"
+                for start, end in zip(cuts, cuts[1:], strict=False)
+                if end > start
+            )
+            + b"0\r\n\r\n"
+        )
     else:
         head += f"Content-Length: {len(body)}\r\n"
         payload = body
@@ -243,8 +250,7 @@ def test_no_request_breaks_the_webhook(make_repository, subprocess_env, tmp_path
            "REJECTED_DELIVERIES_PER_MINUTE": "100000", "LOG_LEVEL": "WARNING"}  # fmt: skip
     fuzz_seed = seed("webhook fuzz")
     count = examples()
-    tally = {"requests": 0, "by_status": {}, "queued": 0, "flooded": 0,
-               "refused_by_gunicorn": 0}
+    tally = {"requests": 0, "by_status": {}, "queued": 0, "flooded": 0, "refused_by_gunicorn": 0}
     started = time.monotonic()
 
     with gunicorn(env, tmp_path / "gunicorn.log") as server:
