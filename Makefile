@@ -16,7 +16,7 @@ DATA_DIR := $(or $(DATA_DIR),data)
 help:
 	@echo "make run      install, migrate and serve on http://$(HOST):$(PORT) with a worker (SQLite by default)"
 	@echo "make test     run the test suite (DATABASE_URL=postgres://... for PostgreSQL)"
-	@echo "make lint     ruff and mypy; make check-migrations; make check-deploy; make ci (what .ci/run does)"
+	@echo "make lint     ruff (check, format), mypy; make check-migrations; make check-deploy; make ci (what .ci/run does)"
 	@echo "make compose-test  the compose stack on a real Docker engine (root; installs docker.io)"
 
 PICK_PYTHON := pick one with PYTHON=, e.g. make run PYTHON=python3.11 (or PYTHON=/path/to/python3)
@@ -75,6 +75,7 @@ test: install-test
 
 lint: install-test
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 check-migrations: install-test
