@@ -644,7 +644,7 @@ class SyncRunAdmin(TriggerMixin, ReadOnlyAdmin):
             "Timing",
             {
                 "fields": [
-                    "queued_time",
+                    "queued_display",
                     "run_after_time",
                     "started_time",
                     "finished_time",
@@ -713,10 +713,6 @@ class SyncRunAdmin(TriggerMixin, ReadOnlyAdmin):
 
     @admin.display(description="queued", ordering="queued_at")
     def queued_display(self, run):
-        return time_html(run.queued_at)
-
-    @admin.display(description="queued")
-    def queued_time(self, run):
         return time_html(run.queued_at)
 
     @admin.display(description="run after")
