@@ -13,7 +13,7 @@ What it measures (each section prints one block):
   pickup   queued -> started of those runs (the LISTEN/NOTIFY wake-up).
   ack      wrk -c16 with a signed 8.5 KB push, each request its own delivery id (the signature
            covers the body only, so one body is signed once), with 2 then 4 gunicorn workers,
-           beside a trivial WSGI app on the same gunicorn settings; then the lost count (a 2xx
+           beside a trivial app on the same gunicorn settings; then the lost count (a 2xx
            without its Delivery row), the repository at the tip afterwards, no run left behind.
   burst    N commits then N concurrent webhooks; and M pushes in 5 s while the post-deploy
            command takes 1 s: syncs executed and failed, the most git processes seen at once
@@ -234,17 +234,13 @@ class Processes:
         return proc
 
     def gunicorn(self, app: str, workers: int, port: int) -> subprocess.Popen:
+        # As gitdeploy serves itself: the project's gunicorn.conf.py (read from the working
+        # directory), the app named here.
         proc = self.start(
             f"gunicorn-{port}",
-            [
-                str(Path(sys.executable).parent / "gunicorn"),
-                app,
-                "--config",
-                "docker/gunicorn.conf.py",
-                "--bind",
-                f"127.0.0.1:{port}",
-            ],
+            [str(Path(sys.executable).parent / "gunicorn"), app],
             WEB_CONCURRENCY=str(workers),
+            WEB_BIND=f"127.0.0.1:{port}",
         )
         wait_for_port(port, proc)
         # Workers load the application after the port opens: warm every one of them up before
@@ -508,7 +504,7 @@ def main() -> None:  # noqa: C901 - one story, top to bottom
 
         worker = processes.start("worker", [sys.executable, "manage.py", "db_worker"])
         port = free_port()
-        web = processes.gunicorn("project.wsgi:application", 2, port)
+        web = processes.gunicorn("project.asgi:application", 2, port)
 
         def deploy(sha: str, delivery: str) -> SyncRun:
             t0 = time.time()
@@ -589,7 +585,7 @@ def main() -> None:  # noqa: C901 - one story, top to bottom
                 f"max {max(pickups):.1f} ms"
             )
 
-        # ---- ack throughput, beside a trivial WSGI app on the same gunicorn settings
+        # ---- ack throughput, beside a trivial app on the same gunicorn settings
         if "ack" in SECTIONS:
             say(
                 f"\n[ack] wrk -t2 -c16 -d{WRK_SECONDS}s, signed {len(push_body('0' * 40))} B push, "
@@ -604,14 +600,14 @@ def main() -> None:  # noqa: C901 - one story, top to bottom
             settle(SyncRun, repository)
             for workers in (2, 4):
                 processes.stop(web)
-                web = processes.gunicorn("project.wsgi:application", workers, port)
+                web = processes.gunicorn("project.asgi:application", workers, port)
                 prefix = f"wrk{workers}"
                 app = run_wrk(base, port, f"/hooks/{SLUG}/", remote.tip(), prefix)
                 web_rss += [peak_rss_mb(pid) for pid in children(web.pid)]
                 rows = Delivery.objects.filter(delivery_id__startswith=f"{prefix}-").count()
                 trivial_port = free_port()
                 trivial = processes.gunicorn(
-                    "bench.trivial_wsgi:application", workers, trivial_port
+                    "bench.trivial_asgi:application", workers, trivial_port
                 )
                 plain = run_wrk(base, trivial_port, "/", remote.tip(), f"trivial{workers}")
                 processes.stop(trivial)
