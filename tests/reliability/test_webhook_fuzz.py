@@ -206,6 +206,10 @@ def requests(draw):
     elif how == "wrong":
         header = draw(st.sampled_from(sorted(SIGNATURE_HEADERS.values())))
         headers[header] = draw(st.one_of(HEADER_VALUE, st.just(signed(body + b" ", header))))
+        if headers[header] == signed(body, header):
+            # GitLab's token does not depend on the body: "signed over another body" is still
+            # the right token, and the delivery is rightly accepted.
+            valid_signatures.append(header)
     # Header noise: foreign headers, re-cased names, a duplicated one.
     extra = draw(st.lists(st.tuples(HEADER_NAME, HEADER_VALUE), max_size=4))
     items = list(headers.items())
