@@ -13,7 +13,7 @@ import pytest
 from gitdeploy.models import SyncRun, WorkerHeartbeat
 from tests.gitservers import GIT_ENV, free_port, git, wait_for_port
 from tests.reliability.stack import WorkerProcess, wait_for
-from tests.test_worker_processes import push_webhook
+from tests.test_worker_processes import deployed_repository, push_webhook  # noqa: F401 - fixture
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -59,12 +59,20 @@ def snapshot(path: Path) -> dict[str, tuple[float, bytes]]:
 
 @pytest.mark.parametrize("mode", ["inplace", "atomic"])
 def test_the_remote_down_then_up_is_retried_with_backoff_and_the_directory_kept(
-    mode, client, make_repository, remote, subprocess_env, tmp_path, figures
+    mode,
+    client,
+    deployed_repository,  # noqa: F811 - the fixture
+    remote,
+    subprocess_env,
+    tmp_path,
+    figures,
 ):
     daemon = Daemon(remote.root)
     daemon.start()
-    repository = make_repository(clone_url=f"git://127.0.0.1:{daemon.port}/{remote.name}",
-                                 deploy_mode=mode)  # fmt: skip
+    # Deployed once already: the worker has no initial sync that could race the test's pushes.
+    repository = deployed_repository(
+        clone_url=f"git://127.0.0.1:{daemon.port}/{remote.name}", deploy_mode=mode
+    )
     env = {**subprocess_env, "SYNC_RETRIES": "5", "SYNC_RETRY_BACKOFF": "1", "GIT_TIMEOUT": "20"}
     worker = WorkerProcess(env, "outage", tmp_path / "worker.log")
     try:
