@@ -13,17 +13,12 @@ import hmac
 import io
 import json
 import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
 from gitdeploy.models import Delivery, SyncRun
-from tests.conftest import PROJECT_ROOT, TEST_SECRET
-from tests.gitservers import free_port
+from tests.conftest import TEST_SECRET
+from tests.reliability.stack import gunicorn
 from tests.test_webhook import post_github, push_payload
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -36,27 +31,9 @@ def signed_raw(body: bytes, *, event="push", secret=TEST_SECRET) -> dict:
 
 @pytest.fixture
 def server(subprocess_env, tmp_path):
-    port = free_port()
-    log = open(tmp_path / "gunicorn.log", "wb")  # noqa: SIM115 - closed below
-    # As gitdeploy serves itself: gunicorn.conf.py in the project directory.
-    env = {**subprocess_env, "WEB_BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": "1"}
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "gunicorn")],
-        cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2):
-                break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail((tmp_path / "gunicorn.log").read_text())
-            time.sleep(0.2)
-    yield port
-    proc.terminate()
-    proc.wait(timeout=20)
-    log.close()
+    """gunicorn as gitdeploy serves itself (gunicorn.conf.py); its port."""
+    with gunicorn(subprocess_env, tmp_path / "gunicorn.log", workers=1) as web:
+        yield web.port
 
 
 def raw_request(port: int, data: bytes) -> tuple[int, bytes]:

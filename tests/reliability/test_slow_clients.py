@@ -12,19 +12,16 @@ import hashlib
 import hmac
 import json
 import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 from gitdeploy.models import Delivery
-from tests.conftest import PROJECT_ROOT, TEST_SECRET
-from tests.gitservers import free_port
+from tests.conftest import TEST_SECRET
+from tests.reliability.stack import gunicorn
 from tests.test_webhook import push_payload
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.processes]
@@ -34,26 +31,11 @@ SLOW_CONNECTIONS = 200
 
 @pytest.fixture
 def server(subprocess_env, tmp_path):
-    port = free_port()
-    env = {**subprocess_env, "WEB_BIND": f"127.0.0.1:{port}", "MAX_WEBHOOK_BYTES": "65536"}
-    log = open(tmp_path / "gunicorn.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "gunicorn")],
-        cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2):
-                break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail((tmp_path / "gunicorn.log").read_text())
-            time.sleep(0.2)
-    yield port
-    proc.terminate()
-    proc.wait(timeout=30)
-    log.close()
+    """gunicorn as gitdeploy serves itself (gunicorn.conf.py); its port."""
+    with gunicorn(
+        {**subprocess_env, "MAX_WEBHOOK_BYTES": "65536"}, tmp_path / "gunicorn.log", workers=2
+    ) as web:
+        yield web.port
 
 
 def signed_push(port: int, slug: str, delivery: str) -> tuple[int, float]:
