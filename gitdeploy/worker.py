@@ -267,6 +267,8 @@ def _perform(run: SyncRun, held: sync.HeldLock) -> None:
                 f"FAILED: attempt {run.attempt + 1} of run #{run.first_attempt_id} "
                 f"in {retry_after:g} s"
             )
+        # Read from the directory once, not again at every try of the database write.
+        commit_fields = _commit_fields(repository, failure.deployed_commit)
         until_recorded(
             lambda: _finish(
                 run,
@@ -276,7 +278,7 @@ def _perform(run: SyncRun, held: sync.HeldLock) -> None:
                 previous_commit=failure.previous_commit,
                 deployed_commit=failure.deployed_commit,
                 post_deploy_exit_code=failure.post_deploy_exit_code,
-                **_commit_fields(repository, failure.deployed_commit),
+                **commit_fields,
             ),
             what=f"SyncRun {run.pk} result",
         )

@@ -4,16 +4,14 @@ there."""
 
 import json
 import socket
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import PROJECT_ROOT
+from tests.reliability.stack import gunicorn
 
 pytestmark = pytest.mark.processes
 
@@ -50,7 +48,6 @@ def post(url: str, body: bytes, headers: dict) -> tuple[int, dict, str]:
 def test_webhook_answers_503_json_when_the_database_is_unreachable(
     unreachable_database_url, tmp_path
 ):
-    port = free_port()
     env = {
         "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
         "DJANGO_SETTINGS_MODULE": "project.settings",
@@ -58,29 +55,10 @@ def test_webhook_answers_503_json_when_the_database_is_unreachable(
         "DATABASE_URL": unreachable_database_url,
         "DB_CONNECT_TIMEOUT": "2",
         "DATA_DIR": str(tmp_path / "data"),
-        "WEB_BIND": f"127.0.0.1:{port}",
-        "WEB_CONCURRENCY": "1",
     }
-    server = subprocess.Popen(
-        # As gitdeploy serves itself: gunicorn.conf.py in the project directory.
-        [str(Path(sys.executable).parent / "gunicorn")],
-        cwd=PROJECT_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2):
-                    break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    output = server.stdout.read().decode() if server.stdout else ""
-                    pytest.fail(f"gunicorn did not start:\n{output}")
-                time.sleep(0.2)
-
+    # As gitdeploy serves itself: gunicorn.conf.py in the project directory.
+    with gunicorn(env, tmp_path / "gunicorn.log", workers=1) as server:
+        port = server.port
         body = json.dumps({"ref": "refs/heads/main", "after": "a" * 40}).encode()
         status, headers, text = post(
             f"http://127.0.0.1:{port}/hooks/default/",
@@ -100,6 +78,3 @@ def test_webhook_answers_503_json_when_the_database_is_unreachable(
             assert exc.code == 503
             checks = json.loads(exc.read().decode())["checks"]
         assert checks["database"]["detail"].startswith("database unreachable")
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
