@@ -530,19 +530,28 @@ def queue_initial_syncs() -> list[SyncRun]:
     return queued
 
 
+def monitor_interval() -> float:
+    """Seconds between the monitor's heartbeats and recovery checks: four beats within
+    WORKER_HEARTBEAT_MAX_AGE, so /api/ready never sees a live worker as gone, and two checks within
+    a lease, so a run whose worker died is recovered soon after its lease expires. No more often:
+    an idle worker should cost the database (almost) nothing. 15 s with the defaults."""
+    return max(0.2, min(settings.WORKER_HEARTBEAT_MAX_AGE / 4, settings.SYNC_LEASE_SECONDS / 2))
+
+
 class WorkerMonitor(threading.Thread):
     """Beside the db_worker loop: records this worker's heartbeat for /api/ready, queues the
     initial syncs once, and recovers runs whose worker died, so nothing stays 'running' forever
     after a kill -9. stop() removes the heartbeat: a worker that stopped cleanly is not "lost"."""
 
-    def __init__(self, worker_id: str, every: float = 5.0):
+    def __init__(self, worker_id: str, every: float | None = None):
         super().__init__(name="gitdeploy-monitor", daemon=True)
         self.worker_id = worker_id
-        self.every = every
+        self.every = monitor_interval() if every is None else every
         self.stopped = threading.Event()
 
     PRUNE_EVERY = 3600.0
-    STRANDED_EVERY = 10.0
+    # A queued run is only stranded once STRANDED_AFTER old: looking more often finds nothing new.
+    STRANDED_EVERY = STRANDED_AFTER
 
     def run(self) -> None:
         hostname, pid = socket.gethostname(), os.getpid()
@@ -634,11 +643,15 @@ class Waker:
     def wait(self, timeout: float, running=lambda: True) -> bool:
         """Blocks until a NOTIFY, the timeout, or running() turning false (checked twice a
         second: a stop request must not wait for the poll); True when woken. Never raises:
-        without the listening connection it sleeps, and polling covers the gap."""
+        without the listening connection it sleeps, and polling covers the gap.
+
+        Also True at once when it has just (re)connected: a NOTIFY sent while nobody listened is
+        lost, so the caller looks for ready tasks now rather than at the next poll."""
         deadline = time.monotonic() + timeout
         try:
             if self.connection is None or self.connection.closed:
                 self.connection = self._connect()
+                return True
             while running() and (left := deadline - time.monotonic()) > 0:
                 for _notify in self.connection.notifies(timeout=min(left, 0.5), stop_after=1):
                     return True
@@ -676,9 +689,11 @@ class ResilientWorker(Worker):
             return
         super().shutdown(signum, frame)
 
-    # With LISTEN, polling only catches what no NOTIFY announces (a retry's run_after coming due)
-    # and a lost notification: every few seconds, not every 0.05 s.
-    LISTEN_POLL = 2.0
+    # With LISTEN, polling only catches a notification lost while the listening connection was
+    # up (reconnecting already polls once): every 30 s, not every 0.05 s. A task deferred with
+    # run_after (a retry's backoff) is announced when it is queued, not when it comes due, so the
+    # worker also wakes when the earliest one is due (next_due).
+    LISTEN_POLL = 30.0
 
     def run(self) -> None:
         logger.info(
@@ -686,10 +701,15 @@ class ResilientWorker(Worker):
         )
         waker = Waker() if Waker.available() else None
         delay = 0.25
+        woken, due = True, None
         try:
             while self.running:
                 try:
                     ran = self.run_one()
+                    if waker is not None and (ran or woken or (due and time.time() >= due)):
+                        # Something changed (a NOTIFY, a task ran, the awaited one came due):
+                        # when is the next deferred task due? One query, never while idle.
+                        due = self.next_due()
                     delay = 0.25
                 except DATABASE_DOWN as exc:
                     logger.warning(
@@ -708,7 +728,10 @@ class ResilientWorker(Worker):
                 if ran or not self.running:
                     continue
                 if waker is not None:
-                    waker.wait(max(self.interval, self.LISTEN_POLL), lambda: self.running)
+                    timeout = max(self.interval, self.LISTEN_POLL)
+                    if due is not None:
+                        timeout = min(timeout, max(self.interval, due - time.time()))
+                    woken = waker.wait(timeout, lambda: self.running)
                 else:
                     self.pause(self.interval)
         finally:
@@ -736,6 +759,23 @@ class ResilientWorker(Worker):
         self.run_task(task_result)
         close_old_connections()
         return True
+
+    def next_due(self) -> float | None:
+        """When the earliest task deferred with run_after comes due (a Unix time), or None."""
+        from django_tasks_db.models import DBTaskResult, get_date_max
+
+        run_after = (
+            DBTaskResult.objects.filter(
+                backend_name=self.backend_name,
+                status=TaskResultStatus.READY,
+                run_after__gt=timezone.now(),
+            )
+            .exclude(run_after=get_date_max())  # django-tasks-db's "not deferred"
+            .order_by("run_after")
+            .values_list("run_after", flat=True)
+            .first()
+        )
+        return run_after.timestamp() if run_after is not None else None
 
     def pause(self, seconds: float) -> None:
         """A sleep a stop request ends early."""

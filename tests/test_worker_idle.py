@@ -1,0 +1,147 @@
+"""What an idle worker costs the database, and what it still does on time while idle.
+
+An idle worker used to poll every 0.05 s (1,130 transactions in 30 s). On PostgreSQL it now
+LISTENs, polls every 30 s as a fallback, beats and looks for lost runs every 15 s (with the
+default settings), and looks for stranded runs every 30 s. A retry deferred by its backoff is
+announced when it is queued, not when it comes due, so the worker wakes for it at its due time.
+"""
+
+import datetime
+import time
+
+import psycopg
+import pytest
+from django.db import connection
+from django.test import override_settings
+from django.utils import timezone
+
+from gitdeploy.models import TASKS_CHANNEL, SyncRun, WorkerHeartbeat
+from gitdeploy.worker import ResilientWorker, Waker, WorkerMonitor, monitor_interval
+from tests.conftest import is_sqlite
+from tests.test_worker_processes import (  # noqa: F401 - fixtures
+    deployed_repository,
+    start_worker,
+    wait_for,
+)
+
+postgresql_only = pytest.mark.skipif(
+    is_sqlite(), reason="LISTEN/NOTIFY is PostgreSQL's; on SQLite the worker polls"
+)
+
+
+def test_the_monitor_beats_four_times_per_heartbeat_age_and_twice_per_lease():
+    with override_settings(WORKER_HEARTBEAT_MAX_AGE=60, SYNC_LEASE_SECONDS=30):
+        assert monitor_interval() == 15
+        assert WorkerMonitor("w").every == 15
+    # A short lease (the kill -9 tests use 2 s) is checked often enough to be recovered soon.
+    with override_settings(WORKER_HEARTBEAT_MAX_AGE=60, SYNC_LEASE_SECONDS=2):
+        assert monitor_interval() == 1
+    with override_settings(WORKER_HEARTBEAT_MAX_AGE=8, SYNC_LEASE_SECONDS=30):
+        assert monitor_interval() == 2
+
+
+@postgresql_only
+@pytest.mark.django_db(transaction=True)
+def test_the_waker_polls_once_after_connecting_then_sleeps_until_a_notify():
+    waker = Waker()
+    try:
+        # A NOTIFY sent before it listened is lost: the first wait returns at once so the worker
+        # looks for ready tasks.
+        assert waker.wait(5) is True
+        began = time.monotonic()
+        assert waker.wait(0.3) is False
+        assert time.monotonic() - began >= 0.3
+        with connection.cursor() as cursor:
+            cursor.execute(f"NOTIFY {TASKS_CHANNEL}")
+        assert waker.wait(30) is True
+        # Its connection dropped (the database restarted): it reconnects and says so.
+        waker.connection.close()
+        assert waker.wait(5) is True
+    finally:
+        waker.close()
+
+
+@pytest.mark.django_db
+def test_next_due_is_the_earliest_deferred_task(make_repository):
+    repository = make_repository()
+    worker = ResilientWorker(
+        queue_names=["default"],
+        interval=0.05,
+        batch=False,
+        backend_name="default",
+        startup_delay=False,
+        max_tasks=None,
+        worker_id="idle-test",
+        excluded_queue_names=[],
+    )
+    SyncRun.request(repository, trigger=SyncRun.Trigger.CLI)
+    assert worker.next_due() is None, "a task that is not deferred is ready now, not due later"
+
+    later = timezone.now() + datetime.timedelta(seconds=90)
+    other = make_repository()
+    SyncRun.request(other, trigger=SyncRun.Trigger.RETRY, run_after=later)
+    assert worker.next_due() == pytest.approx(later.timestamp(), abs=0.001)
+
+
+@postgresql_only
+@pytest.mark.processes
+@pytest.mark.django_db(transaction=True)
+def test_a_deferred_retry_starts_when_due_not_at_the_next_poll(
+    deployed_repository,  # noqa: F811 - fixture
+    remote,
+    start_worker,  # noqa: F811 - fixture
+):
+    repository = deployed_repository(clone_url=remote.url)
+    worker = start_worker()
+    wait_for(WorkerHeartbeat.latest, timeout=30, message="the worker's first heartbeat")
+    time.sleep(1)  # waiting on LISTEN now
+    due = timezone.now() + datetime.timedelta(seconds=2)
+    run, _ = SyncRun.request(repository, trigger=SyncRun.Trigger.RETRY, run_after=due)
+
+    started = wait_for(
+        lambda: SyncRun.objects.filter(pk=run.pk).exclude(started_at=None).first(),
+        timeout=40,
+        message="the deferred run to start",
+    )
+
+    assert started.started_at >= due
+    # The fallback poll is 30 s away; only the due time can have started it this soon.
+    assert (started.started_at - due).total_seconds() < 10, worker.output()
+    assert worker.stop() == 0
+
+
+@postgresql_only
+@pytest.mark.processes
+@pytest.mark.django_db(transaction=True)
+def test_an_idle_worker_makes_almost_no_database_transactions(
+    deployed_repository,  # noqa: F811 - fixture
+    remote,
+    start_worker,  # noqa: F811 - fixture
+):
+    deployed_repository(clone_url=remote.url)
+    start_worker()
+    wait_for(WorkerHeartbeat.latest, timeout=30, message="the worker's first heartbeat")
+    database = connection.settings_dict["NAME"]
+    params = connection.get_connection_params()
+    params.pop("cursor_factory", None)
+    params.pop("context", None)
+
+    def committed() -> int:
+        # A fresh connection each time: pg_stat_database is read as of the transaction's start.
+        with psycopg.connect(**{**params, "dbname": "postgres"}, autocommit=True) as admin:
+            admin.execute("SELECT pg_stat_force_next_flush()")
+            row = admin.execute(
+                "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = %s",
+                [database],
+            ).fetchone()
+            return int(row[0])
+
+    time.sleep(12)  # past the start-up queries; a backend reports its counts within 10 s idle
+    before = committed()
+    time.sleep(30)
+    after = committed()
+
+    print(f"idle worker: {after - before} transactions in 30 s")
+    # Per 30 s: two heartbeats with their recovery check (2 statements each), one stranded-run
+    # sweep (3), one fallback poll (1-2), and these two reads. Polling every 0.05 s was 1,130.
+    assert after - before <= 16, f"{after - before} transactions in 30 s"
