@@ -672,11 +672,15 @@ class SyncRun(models.Model):
             "started_at": now,
             "lease_expires_at": now + lease_duration(),
         }
+        claim = SyncRun.objects.filter(pk=self.pk, status=self.Status.QUEUED)
         try:
-            with transaction.atomic():
-                claimed = SyncRun.objects.filter(pk=self.pk, status=self.Status.QUEUED).update(
-                    **fields
-                )
+            if connection.in_atomic_block:
+                with transaction.atomic():  # a savepoint: the caller's transaction survives
+                    claimed = claim.update(**fields)
+            else:
+                # One statement, its own transaction: no BEGIN and COMMIT round trips on the way
+                # from a push to its sync.
+                claimed = claim.update(**fields)
         except IntegrityError:
             return False
         if claimed:  # what the UPDATE wrote, without reading the row back

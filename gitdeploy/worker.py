@@ -192,34 +192,37 @@ class LeaseKeeper:
 
 
 def execute_run(run_id: int, *, worker_id: str) -> SyncRun | None:
-    """Run one queued SyncRun to completion. Safe to call from any number of processes."""
-    recover_lost()
-    run = SyncRun.objects.select_related("repository").filter(pk=run_id).first()
-    if run is None or run.status != SyncRun.Status.QUEUED:
-        logger.info("SyncRun %s is not queued (%s); nothing to do", run_id, run and run.status)
-        return run
+    """Run one queued SyncRun to completion. Safe to call from any number of processes.
+
+    Between the task's claim and the run's, three statements (pick-up is measured over them): what
+    to lock, the claim, then the run and its repository as they are once the lock is ours (an
+    admin may have changed the repository while we waited for it)."""
+    found = SyncRun.objects.filter(pk=run_id).values_list("repository_id", "status").first()
+    if found is None or found[1] != SyncRun.Status.QUEUED:
+        logger.info("SyncRun %s is not queued (%s); nothing to do", run_id, found and found[1])
+        return SyncRun.objects.filter(pk=run_id).first()
     # run_after (a retry's backoff) is honoured by django-tasks, which does not hand the task out
     # earlier; `manage.py sync` runs it now on purpose.
 
-    repository = run.repository
-    path = lock_path(repository)
+    repository_id = found[0]
+    path = lock_path(Repository(pk=repository_id))
     path.parent.mkdir(parents=True, exist_ok=True)
     # One sync at a time per repository across processes: the OS lock (released by the kernel if
     # this process dies) plus the database's one-running-run constraint.
     with sync.repository_lock(str(path)) as held:
-        while True:
-            # A run of this repository still 'running' past its lease lost its worker.
-            recover_lost(repository)
-            if run.claim(worker_id):  # only if still queued: no need to read it first
+        claimant = SyncRun(pk=run_id, repository_id=repository_id)
+        while not claimant.claim(worker_id):  # only if still queued: no need to read it first
+            current = SyncRun.objects.filter(pk=run_id).first()
+            if current is None or current.status != SyncRun.Status.QUEUED:
+                return current
+            # Another run of this repository is still 'running'. Past its lease its worker was
+            # lost: recover it (the monitor would, within its interval) and claim at once.
+            recover_lost(repository_id=repository_id)
+            if claimant.claim(worker_id):
                 break
-            run.refresh_from_db()
-            if run.status != SyncRun.Status.QUEUED:
-                return run
-            # Another worker that does not share our lock directory still holds a live lease.
+            # Its lease is live: a worker that does not share our lock directory is syncing it.
             time.sleep(0.5)
-        # The repository as it is now, not as it was before the lock was ours (an admin may have
-        # changed it meanwhile).
-        repository.refresh_from_db()
+        run = SyncRun.objects.select_related("repository").get(pk=run_id)
         running_here.add(run.pk)
         try:
             with reporting.run_context(run):
@@ -365,14 +368,15 @@ def _schedule_retry(run: SyncRun, delay: float) -> None:
     logger.info("SyncRun %s failed: next is run #%s (in %g s)", run.pk, retry.pk, delay)
 
 
-def recover_lost(repository: Repository | None = None) -> list[SyncRun]:
-    """Called by every worker's monitor and before each claim: nothing stays 'running' after a
-    kill -9. Returns the runs queued to carry the lost ones' requests on."""
+def recover_lost(repository_id: int | None = None) -> list[SyncRun]:
+    """Called by every worker's monitor, and by a worker whose claim another run of the repository
+    (repository_id) blocks: nothing stays 'running' after a kill -9. Returns the runs queued to
+    carry the lost ones' requests on."""
     expired = (
         SyncRun.objects.lease_expired().exclude(pk__in=running_here).select_related("repository")
     )
-    if repository is not None:
-        expired = expired.filter(repository=repository)
+    if repository_id is not None:
+        expired = expired.filter(repository_id=repository_id)
     follow_ups = []
     for run in expired:
         crashes = 1 + _lost_before(run)

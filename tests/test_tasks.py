@@ -411,3 +411,24 @@ def test_a_run_costs_at_most_eleven_statements(make_repository, remote):
     assert (stored.status, stored.started_at, stored.finished_at, stored.lease_expires_at) == (
         done.status, done.started_at, done.finished_at, None,
     )  # fmt: skip
+
+
+def test_a_run_blocked_by_a_lost_run_of_its_repository_recovers_it_and_runs(
+    make_repository, remote
+):
+    """The claim comes first (no recovery query on the way from a push to its sync); when another
+    run of the repository is still 'running' past its lease, the worker recovers it and claims."""
+    repository = make_repository(clone_url=remote.url)
+    lost, _ = SyncRun.request(repository, trigger=SyncRun.Trigger.WEBHOOK)
+    assert lost.claim("dead-worker")
+    SyncRun.objects.filter(pk=lost.pk).update(
+        lease_expires_at=timezone.now() - datetime.timedelta(seconds=1)
+    )
+    waiting, _ = SyncRun.request(repository, trigger=SyncRun.Trigger.WEBHOOK)
+
+    done = execute_run(waiting.pk, worker_id="w")
+
+    lost.refresh_from_db()
+    assert (lost.status, lost.error) == (SyncRun.Status.FAILED, "worker lost")
+    assert done.pk == waiting.pk and done.status == SyncRun.Status.SUCCEEDED, done.log
+    assert done.worker_id == "w"
