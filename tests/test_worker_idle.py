@@ -145,3 +145,62 @@ def test_an_idle_worker_makes_almost_no_database_transactions(
     # Per 30 s: two heartbeats with their recovery check (2 statements each), one stranded-run
     # sweep (3), one fallback poll (1-2), and these two reads. Polling every 0.05 s was 1,130.
     assert after - before <= 16, f"{after - before} transactions in 30 s"
+
+
+@postgresql_only
+@pytest.mark.django_db(transaction=True)
+def test_on_postgresql_a_task_is_claimed_in_one_statement_in_queue_order(make_repository):
+    """django-tasks-db's claim is four round trips (BEGIN, SELECT ... FOR UPDATE SKIP LOCKED,
+    UPDATE, COMMIT); the worker makes it one UPDATE picking the same row, a row another worker
+    holds skipped."""
+    from django.test.utils import CaptureQueriesContext
+    from django_tasks import TaskResultStatus
+    from django_tasks_db.models import DBTaskResult
+
+    worker = ResilientWorker(
+        queue_names=["default"],
+        interval=0.05,
+        batch=False,
+        backend_name="default",
+        startup_delay=False,
+        max_tasks=None,
+        worker_id="claimer",
+        excluded_queue_names=[],
+    )
+    first, _ = SyncRun.request(make_repository(), trigger=SyncRun.Trigger.CLI)
+    second, _ = SyncRun.request(make_repository(), trigger=SyncRun.Trigger.CLI)
+    deferred = make_repository()
+    SyncRun.request(
+        deferred,
+        trigger=SyncRun.Trigger.RETRY,
+        run_after=timezone.now() + datetime.timedelta(hours=1),
+    )
+    tasks = DBTaskResult.objects.ready().filter(backend_name="default")
+    oldest, newer = DBTaskResult.objects.order_by("enqueued_at")[:2]
+
+    # Another worker holds the oldest task's row (its claim transaction is open).
+    other = psycopg.connect(
+        **{
+            k: v
+            for k, v in connection.get_connection_params().items()
+            if k not in ("cursor_factory", "context")
+        }
+    )
+    try:
+        table = DBTaskResult._meta.db_table
+        other.execute(f"SELECT id FROM {table} WHERE id = %s FOR UPDATE", [oldest.pk])  # noqa: S608
+        with CaptureQueriesContext(connection) as queries:
+            claimed = worker.claim_in_one_statement(tasks)
+        assert len(queries) == 1, [q["sql"] for q in queries]
+        assert claimed.pk == newer.pk, "the held row is skipped, not waited for"
+    finally:
+        other.close()
+    assert worker.claim_in_one_statement(tasks).pk == oldest.pk
+    assert worker.claim_in_one_statement(tasks) is None, "the deferred one is not due"
+    for task in DBTaskResult.objects.filter(pk__in=[oldest.pk, newer.pk]):
+        assert task.status == TaskResultStatus.RUNNING
+        assert task.worker_ids == ["claimer"] and task.started_at is not None
+    assert {first.pk, second.pk} == {
+        task.args_kwargs["args"][0]
+        for task in DBTaskResult.objects.filter(pk__in=[oldest.pk, newer.pk])
+    }
