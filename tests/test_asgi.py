@@ -1,0 +1,146 @@
+"""project.asgi, called as gunicorn's asgi worker calls it (an ASGI scope, receive and send).
+
+The handler reads the request on the event loop and does the request's synchronous work (every
+middleware and the view) in one trip to one thread, as a synchronous worker would; Django's stock
+ASGI handler made about fifteen trips per request, one per middleware method.
+"""
+
+import asyncio
+import hashlib
+import hmac
+import json
+
+import pytest
+from asgiref import sync as asgiref_sync
+from asgiref.sync import async_to_sync
+from django.core import signals
+from django.core.handlers.asgi import ASGIHandler
+from django.db import close_old_connections
+
+from gitdeploy.models import Delivery
+from tests.conftest import TEST_SECRET
+from tests.test_webhook import push_payload
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def keep_the_test_connection():
+    """As Django's test client does: the request signals must not close the test's connection."""
+    signals.request_started.disconnect(close_old_connections)
+    signals.request_finished.disconnect(close_old_connections)
+    yield
+    signals.request_started.connect(close_old_connections)
+    signals.request_finished.connect(close_old_connections)
+
+
+def call(application, path: str, body: bytes = b"", headers=(), method: str = "POST"):
+    """One request through an ASGI application; returns (status, headers, body)."""
+    done = asyncio.Event()
+    sent: list[dict] = []
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"testserver"), *headers],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive():
+        if messages:
+            return messages.pop(0)
+        await done.wait()  # the client stays connected until the answer is sent
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            done.set()
+
+    async def run():
+        await application(scope, receive, send)
+
+    async_to_sync(run)()
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    content = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], {k.lower(): v for k, v in start["headers"]}, content
+
+
+def signed_push(delivery: str):
+    body = json.dumps(push_payload()).encode()
+    signature = hmac.new(TEST_SECRET.encode(), body, hashlib.sha256).hexdigest()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"x-github-event", b"push"),
+        (b"x-github-delivery", delivery.encode()),
+        (b"x-hub-signature-256", f"sha256={signature}".encode()),
+    ]
+    return body, headers
+
+
+@pytest.fixture
+def trips(monkeypatch):
+    """Counts the trips from the event loop to a thread (asgiref's sync_to_async calls)."""
+    count = {"n": 0}
+    original = asgiref_sync.SyncToAsync.__call__
+
+    async def counted(self, *args, **kwargs):
+        count["n"] += 1
+        return await original(self, *args, **kwargs)
+
+    monkeypatch.setattr(asgiref_sync.SyncToAsync, "__call__", counted)
+    return count
+
+
+def test_a_signed_push_is_recorded_through_the_asgi_application(make_repository, trips):
+    from project.asgi import application
+
+    repository = make_repository(default_branch="main")
+    body, headers = signed_push("asgi-1")
+
+    status, response_headers, content = call(
+        application, f"/hooks/{repository.slug}/", body, headers
+    )
+
+    assert status == 202, content
+    answer = json.loads(content)
+    delivery = Delivery.objects.get(pk=answer["delivery"])
+    assert (delivery.delivery_id, delivery.verdict) == ("asgi-1", Delivery.Verdict.QUEUED)
+    # request_started, the middleware chain with the view, and closing the response.
+    assert trips["n"] <= 3, trips["n"]
+    # The middleware ran: the security headers are there.
+    assert response_headers[b"x-content-type-options"] == b"nosniff"
+
+
+def test_djangos_stock_asgi_handler_makes_many_more_trips(make_repository, trips):
+    """What the count above is compared with: the same request through Django's own handler."""
+    repository = make_repository(default_branch="main")
+    body, headers = signed_push("asgi-2")
+
+    status, _, content = call(ASGIHandler(), f"/hooks/{repository.slug}/", body, headers)
+
+    assert status == 202, content
+    assert trips["n"] >= 10, trips["n"]
+
+
+def test_pages_static_files_and_errors_still_work(make_repository):
+    from project.asgi import application
+
+    make_repository(default_branch="main")
+    status, headers, content = call(application, "/", method="GET")
+    assert status == 200 and b"<html" in content.lower()
+    status, headers, content = call(application, "/static/gitdeploy/site.css", method="GET")
+    assert status == 200 and headers[b"content-type"].startswith(b"text/css") and content
+    status, _, content = call(application, "/hooks/no-such-repository/", b"{}")
+    assert status == 404 and b"no repository" in content
+    status, _, _ = call(application, "/admin/", method="GET")
+    assert status == 302  # to the login page
