@@ -142,7 +142,7 @@ def test_the_worker_rides_out_restarts_and_outages_and_stops_cleanly(
     db.start()
     assert deployed(db, fourth)[:2] == ("succeeded", tip), log_path.read_text()
     assert git("rev-parse", "HEAD", cwd=checkout) == tip
-    time.sleep(3)  # a recovery, had there been one, runs every 2 s
+    time.sleep(4)  # a recovery, had there been one, runs every 3 s (half the 6 s lease)
     assert db.query("SELECT count(*) FROM gitdeploy_syncrun")[0][0] == runs_before + 1
     assert db.query("SELECT status FROM gitdeploy_syncrun WHERE id = %s", fourth) == [
         ("succeeded",)
