@@ -24,6 +24,21 @@ from tests.test_worker_processes import (  # noqa: F401 - fixtures
     wait_for,
 )
 
+
+def in_process_worker(worker_id: str) -> ResilientWorker:
+    """The worker db_worker runs, as manage.py db_worker builds it, without its loop."""
+    return ResilientWorker(
+        queue_names=["default"],
+        interval=0.05,
+        batch=False,
+        backend_name="default",
+        startup_delay=False,
+        max_tasks=None,
+        worker_id=worker_id,
+        excluded_queue_names=[],
+    )
+
+
 postgresql_only = pytest.mark.skipif(
     is_sqlite(), reason="LISTEN/NOTIFY is PostgreSQL's; on SQLite the worker polls"
 )
@@ -64,16 +79,7 @@ def test_the_waker_polls_once_after_connecting_then_sleeps_until_a_notify():
 @pytest.mark.django_db
 def test_next_due_is_the_earliest_deferred_task(make_repository):
     repository = make_repository()
-    worker = ResilientWorker(
-        queue_names=["default"],
-        interval=0.05,
-        batch=False,
-        backend_name="default",
-        startup_delay=False,
-        max_tasks=None,
-        worker_id="idle-test",
-        excluded_queue_names=[],
-    )
+    worker = in_process_worker("idle-test")
     SyncRun.request(repository, trigger=SyncRun.Trigger.CLI)
     assert worker.next_due() is None, "a task that is not deferred is ready now, not due later"
 
@@ -157,16 +163,7 @@ def test_on_postgresql_a_task_is_claimed_in_one_statement_in_queue_order(make_re
     from django_tasks import TaskResultStatus
     from django_tasks_db.models import DBTaskResult
 
-    worker = ResilientWorker(
-        queue_names=["default"],
-        interval=0.05,
-        batch=False,
-        backend_name="default",
-        startup_delay=False,
-        max_tasks=None,
-        worker_id="claimer",
-        excluded_queue_names=[],
-    )
+    worker = in_process_worker("claimer")
     first, _ = SyncRun.request(make_repository(), trigger=SyncRun.Trigger.CLI)
     second, _ = SyncRun.request(make_repository(), trigger=SyncRun.Trigger.CLI)
     deferred = make_repository()
