@@ -695,10 +695,9 @@ class ResilientWorker(Worker):
         super().shutdown(signum, frame)
 
     # With LISTEN, polling only catches a notification lost while the listening connection was
-    # up (reconnecting already polls once): every 30 s, not every 0.05 s. A task deferred with
-    # run_after (a retry's backoff) is announced when it is queued, not when it comes due, so the
-    # worker also wakes when the earliest one is due (next_due).
-    LISTEN_POLL = 30.0
+    # up (reconnecting already polls once): every WORKER_POLL_SECONDS (30 s), not every 0.05 s. A
+    # task deferred with run_after (a retry's backoff) is announced when it is queued, not when it
+    # comes due, so the worker also wakes when the earliest one is due (next_due).
 
     def run(self) -> None:
         logger.info(
@@ -733,7 +732,7 @@ class ResilientWorker(Worker):
                 if ran or not self.running:
                     continue
                 if waker is not None:
-                    timeout = max(self.interval, self.LISTEN_POLL)
+                    timeout = max(self.interval, settings.WORKER_POLL_SECONDS)
                     if due is not None:
                         timeout = min(timeout, max(self.interval, due - time.time()))
                     woken = waker.wait(timeout, lambda: self.running)

@@ -277,6 +277,10 @@ DELIVERY_RETENTION_DAYS = env_int("DELIVERY_RETENTION_DAYS", 0)
 RETENTION_DAYS = env_int("RETENTION_DAYS", 0)
 # How long /api/ready accepts since the last worker heartbeat.
 WORKER_HEARTBEAT_MAX_AGE = env_float("WORKER_HEARTBEAT_MAX_AGE", 60.0, minimum=1)
+# On PostgreSQL the worker is woken by NOTIFY and looks for work without one only this often (a
+# notification lost while its connection was up). Behind PgBouncer in transaction mode, which does
+# not pass notifications on, set it to 1 or 2: that poll is then the only wake-up.
+WORKER_POLL_SECONDS = env_float("WORKER_POLL_SECONDS", 30.0, minimum=0.05)
 
 # --- Operations: notifications, metrics, deploy status on the Git host, retention ---------------
 # The admin's address as the outside world reaches it, for links in notifications and on the Git

@@ -201,3 +201,38 @@ def test_on_postgresql_a_task_is_claimed_in_one_statement_in_queue_order(make_re
         task.args_kwargs["args"][0]
         for task in DBTaskResult.objects.filter(pk__in=[oldest.pk, newer.pk])
     }
+
+
+@postgresql_only
+@pytest.mark.processes
+@pytest.mark.django_db(transaction=True)
+def test_a_task_queued_without_a_notify_is_found_by_the_fallback_poll(
+    deployed_repository,  # noqa: F811 - fixture
+    remote,
+    start_worker,  # noqa: F811 - fixture
+):
+    """What PgBouncer in transaction mode does to NOTIFY (it never arrives): WORKER_POLL_SECONDS
+    is then the only wake-up, and it is honoured."""
+    from gitdeploy.tasks import run_sync
+
+    repository = deployed_repository(clone_url=remote.url)
+    worker = start_worker(WORKER_POLL_SECONDS="1")
+    wait_for(WorkerHeartbeat.latest, timeout=30, message="the worker's first heartbeat")
+    time.sleep(1.5)  # past its start-up poll, waiting on LISTEN
+    # A queued run and its task, as SyncRun.enqueue writes them, but without the NOTIFY.
+    run = SyncRun.objects.create(
+        repository=repository,
+        trigger=SyncRun.Trigger.CLI,
+        branch=repository.tracked_branch,
+    )
+    run_sync.enqueue(run.pk)
+    queued = timezone.now()
+
+    started = wait_for(
+        lambda: SyncRun.objects.filter(pk=run.pk).exclude(started_at=None).first(),
+        timeout=25,
+        message="the run to be found by the poll",
+    )
+    # The default poll is 30 s: only WORKER_POLL_SECONDS=1 finds it this soon.
+    assert (started.started_at - queued).total_seconds() < 10, worker.output()
+    assert worker.stop() == 0
