@@ -19,6 +19,7 @@ import pytest
 from gitdeploy.models import Delivery, SyncRun, WorkerHeartbeat
 from tests.conftest import PROJECT_ROOT, TEST_SECRET, is_sqlite
 from tests.gitservers import git
+from tests.reliability.stack import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.processes]
 
@@ -85,16 +86,6 @@ def deployed_repository(make_repository):
         return repository
 
     return make
-
-
-def wait_for(predicate, timeout=60.0, interval=0.05, message="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
 
 
 def push_webhook(client, repository, after, delivery):

@@ -134,7 +134,9 @@ class WorkerProcess:
         return self.proc.returncode
 
 
-def wait_for(predicate, timeout: float, message: str, interval: float = 0.05):
+def wait_for(predicate, timeout: float = 60.0, message: str = "condition", interval: float = 0.05):
+    """predicate()'s first true value, polled every `interval` seconds; AssertionError (naming
+    `message`) after `timeout`. The one such helper of the test suite."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()

@@ -17,6 +17,7 @@ import pytest
 from tests.conftest import PROJECT_ROOT
 from tests.gitservers import git
 from tests.reliability.private_postgres import private_postgres  # noqa: F401 - a fixture
+from tests.reliability.stack import wait_for
 
 pytestmark = pytest.mark.processes
 
@@ -44,16 +45,6 @@ def queue_redeploy(env) -> int:
         "print(run.pk)",
     )
     return int(out.strip().splitlines()[-1])
-
-
-def wait_for(predicate, timeout, message):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
 
 
 @pytest.fixture
@@ -97,6 +88,7 @@ def deployed(db, run_id, timeout=60):
         lambda: (row := run_row(db, run_id)) and row[0] in ("succeeded", "failed") and row,
         timeout,
         f"run #{run_id} to finish",
+        interval=0.2,
     )
 
 
@@ -136,7 +128,7 @@ def test_the_worker_rides_out_restarts_and_outages_and_stops_cleanly(
     slow = "Repository.objects.filter(slug='default').update(post_deploy_command='sleep 4')"
     manage(env, "shell", "-c", f"from gitdeploy.models import Repository\n{slow}")
     fourth = queue_redeploy(env)
-    wait_for(lambda: run_row(db, fourth)[0] == "running", 30, "the run to start")
+    wait_for(lambda: run_row(db, fourth)[0] == "running", 30, "the run to start", interval=0.2)
     db.stop()
     time.sleep(8)  # past the 6 s lease
     db.start()
