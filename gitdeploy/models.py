@@ -7,6 +7,7 @@ the admin actions, the CLI and the worker all go through the same locked transit
 from __future__ import annotations
 
 import datetime
+import functools
 import logging
 import re
 
@@ -14,11 +15,11 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, models, transaction
 from django.db.models import Case, F, OuterRef, Q, Subquery, Value, When
-from django.db.models.functions import Concat
+from django.db.models.functions import Coalesce, Concat
 from django.urls import reverse
 from django.utils import timezone
 
-from gitdeploy import validators
+from gitdeploy import prebuilt, validators
 from gitdeploy.environment import ENV_SLUG
 from gitdeploy.redaction import collect_secrets, redact_url
 
@@ -230,7 +231,7 @@ class Repository(models.Model):
         Checked under the repository's row lock, so several workers starting together queue one
         run (and the one-queued-run constraint stands behind that)."""
         with transaction.atomic():
-            Repository.objects.select_for_update().filter(pk=self.pk).first()
+            Repository.objects.select_for_update(no_key=True).filter(pk=self.pk).first()
             fresh = Repository.objects.filter(pk=self.pk, enabled=True).first()
             if fresh is None or fresh.live_commit:
                 return None
@@ -551,8 +552,11 @@ class SyncRun(models.Model):
         whatever is queued already covers it.
         """
         with transaction.atomic():
-            # Serialises requests for one repository across web processes and workers.
-            Repository.objects.select_for_update().filter(pk=repository.pk).first()
+            # Serialises requests for one repository across web processes and workers. NO KEY:
+            # the foreign-key checks of rows that point at the repository (a push's Delivery,
+            # checked when its transaction commits) take KEY SHARE, which FOR UPDATE would block:
+            # a push joining the queued run this request supersedes would deadlock with it.
+            Repository.objects.select_for_update(no_key=True).filter(pk=repository.pk).first()
             queued = cls.objects.filter(repository=repository, status=cls.Status.QUEUED).first()
             if queued is not None and retry_of is not None:
                 return queued, True
@@ -588,12 +592,21 @@ class SyncRun(models.Model):
     def request_tip(
         cls, repository: Repository, *, trigger: str, commit: str = "", label: str = ""
     ) -> tuple[SyncRun, bool]:
-        """request() for a push, the hot path: insert a queued run or join the queued one in one
-        statement, with no Repository row lock, so concurrent pushes to one repository do not wait
-        for each other. The partial unique index on the queued run arbitrates (PostgreSQL: INSERT
-        ... ON CONFLICT ... DO UPDATE; SQLite, which has one writer at a time: an UPDATE of the
-        queued run, else an INSERT). A queued pinned run (a roll back) is not joined: request()
-        supersedes it, as before. Call it inside the transaction that records the Delivery."""
+        """request() for a push, the hot path: join the queued run or insert one, with no lock that
+        makes concurrent pushes to one repository wait for each other. Call it inside the
+        transaction that records the Delivery.
+
+        - Joining takes a shared lock on the queued run (FOR SHARE): joiners do not wait for each
+          other, while claiming the run (the worker) and superseding it (a roll back) wait for
+          them to commit, so a joining Delivery is never left on a run that moved on without it.
+          A join writes nothing: the run learns the newest pushed commit when it is claimed
+          (claim() reads it from its deliveries).
+        - Inserting: the partial unique index on the queued run arbitrates (ON CONFLICT DO
+          NOTHING); the loser of a race joins the winner.
+        - A queued pinned run (a roll back) is not joined: request() supersedes it, as before.
+
+        On PostgreSQL the join-or-insert is one statement; SQLite, whose IMMEDIATE transactions
+        have one writer at a time, runs a SELECT and, when nothing is queued, an INSERT."""
         run = cls(
             repository=repository,
             trigger=trigger,
@@ -601,49 +614,32 @@ class SyncRun(models.Model):
             branch=repository.tracked_branch,
             requested_commit=commit,
         )
-        table = connection.ops.quote_name(cls._meta.db_table)
-        join = f"requested_commit = CASE WHEN %s <> '' THEN %s ELSE {table}.requested_commit END"
+        join_or_insert, queued_run = _tip_statements(connection.alias, connection.vendor)
         # savepoint=False: inside receive()'s transaction a savepoint would cost two more queries.
-        with transaction.atomic(savepoint=False):
-            if connection.vendor == "postgresql":
-                fields = [f for f in cls._meta.concrete_fields if not f.primary_key]
-                columns = ", ".join(connection.ops.quote_name(str(f.column)) for f in fields)
-                values = [f.get_db_prep_save(getattr(run, f.attname), connection) for f in fields]
-                placeholders = ", ".join(["%s"] * len(fields))
-                found = list(
-                    cls.objects.raw(
-                        # Table and column names come from _meta; every value is a parameter.
-                        f"INSERT INTO {table} ({columns}) VALUES ({placeholders}) "  # noqa: S608
-                        f"ON CONFLICT (repository_id) WHERE status = 'queued' "
-                        f"DO UPDATE SET {join} WHERE NOT {table}.pin_commit "
-                        "RETURNING *, (xmax = 0) AS inserted",
-                        [*values, commit, commit],
-                    )
-                )
-                if found:
-                    run = found[0]
-                    inserted = bool(vars(run)["inserted"])  # xmax = 0: a new row, not a join
-                    if inserted:
-                        run.enqueue()
-                    return run, not inserted
-            else:
-                joined = list(
-                    cls.objects.raw(
-                        f"UPDATE {table} SET {join} WHERE repository_id = %s "  # noqa: S608
-                        "AND status = 'queued' AND NOT pin_commit RETURNING *",
-                        [commit, commit, repository.pk],
-                    )
-                )
-                if joined:
-                    return joined[0], True
-                try:
-                    with transaction.atomic():
-                        run.save(force_insert=True)
-                except IntegrityError:
-                    pass  # a queued roll back holds the slot: request() supersedes it
+        with transaction.atomic(savepoint=False), connection.cursor() as cursor:
+            # Twice at most: a lost insert race means a queued run exists (or was claimed already).
+            for _ in range(2):
+                if connection.vendor == "postgresql":
+                    cursor.execute(join_or_insert, [repository.pk, *prebuilt.insert_values(run)])
+                    row = cursor.fetchone()
+                    if row is None:
+                        continue  # a concurrent push inserted first: join it
+                    found, inserted = prebuilt.from_row(cls, row), bool(row[-1])
                 else:
-                    run.enqueue()
-                    return run, False
+                    cursor.execute(queued_run, [repository.pk])
+                    row = cursor.fetchone()
+                    found, inserted = (prebuilt.from_row(cls, row), False) if row else (run, True)
+                    if inserted:
+                        try:
+                            with transaction.atomic():
+                                prebuilt.insert(run)
+                        except IntegrityError:
+                            continue
+                if found.pin_commit:
+                    break  # a queued roll back: request() supersedes it
+                if inserted:
+                    found.enqueue()
+                return found, not inserted
         return cls.request(repository, trigger=trigger, commit=commit, label=label)
 
     def enqueue(self) -> None:
@@ -685,7 +681,23 @@ class SyncRun(models.Model):
             return False
         if claimed:  # what the UPDATE wrote, without reading the row back
             vars(self).update(fields)
+            self._take_newest_pushed_commit()
         return bool(claimed)
+
+    def _take_newest_pushed_commit(self) -> None:
+        """A tip run records the commit of the newest push among its deliveries. Pushes that join a
+        queued run write nothing to it (request_tip), so it learns here, once it is ours: the claim
+        waited for every join in progress (their shared lock), and no push joins a running run.
+        A separate statement, so that it sees the joins that committed while the claim waited."""
+        newest = (
+            Delivery.objects.filter(sync_run=OuterRef("pk"))
+            .exclude(after="")
+            .order_by("-pk")
+            .values("after")[:1]
+        )
+        SyncRun.objects.filter(pk=self.pk, pin_commit=False).update(
+            requested_commit=Coalesce(Subquery(newest), F("requested_commit"))
+        )
 
     def renew_lease(self, log: str | None = None) -> bool:
         """Extends the lease (and publishes the log so far); False if the run is no longer ours
@@ -828,3 +840,26 @@ class WorkerHeartbeat(models.Model):
     @classmethod
     def latest(cls) -> WorkerHeartbeat | None:
         return cls.objects.order_by("-seen_at").first()
+
+
+@functools.cache
+def _tip_statements(alias: str, vendor: str) -> tuple[str, str]:
+    """SyncRun.request_tip's statements, built once (prebuilt): PostgreSQL's join-or-insert, and
+    the queued run of a repository (SQLite's join). Both return the run's columns for
+    prebuilt.from_row, the first also whether it inserted."""
+    runs = prebuilt.table(SyncRun)
+    # Names come from _meta; every value is a parameter.
+    queued_run = (
+        f"SELECT {runs.columns} FROM {runs.table} WHERE repository_id = %s AND status = 'queued'"  # noqa: S608
+    )
+    columns = runs.insert_into.split(" VALUES ", 1)[0]
+    join_or_insert = (
+        f"WITH queued AS ({queued_run} FOR SHARE), "  # noqa: S608
+        f"inserted AS ({columns} "
+        f"SELECT {', '.join(['%s'] * len(runs.insert_fields))} "
+        "WHERE NOT EXISTS (SELECT FROM queued) "
+        "ON CONFLICT (repository_id) WHERE status = 'queued' DO NOTHING "
+        f"RETURNING {runs.columns}) "
+        "SELECT *, false FROM queued UNION ALL SELECT *, true FROM inserted"
+    )
+    return join_or_insert, queued_run

@@ -8,7 +8,7 @@ import threading
 
 import psycopg
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from gitdeploy.models import Delivery, SyncRun
@@ -42,9 +42,12 @@ def test_a_joining_push_costs_at_most_four_queries(client, make_repository):
     limit = 6 if connection.vendor == "postgresql" else 8
     assert len(queued_queries) <= limit, "\n".join(queued_queries)
     assert not any("FOR UPDATE" in sql for sql in queued_queries + joined_queries)
+    assert not any("UPDATE" in sql for sql in joined_queries), "a join writes nothing to the run"
     run = SyncRun.objects.get()
-    assert run.requested_commit == "b" * 40
     assert list(Delivery.objects.values_list("sync_run", flat=True)) == [run.pk, run.pk]
+    assert run.claim("worker-1")  # which records the newest push's commit
+    run.refresh_from_db()
+    assert run.requested_commit == "b" * 40
 
 
 def test_a_push_after_a_queued_roll_back_supersedes_it(client, make_repository):
@@ -84,6 +87,116 @@ def test_concurrent_pushes_to_one_repository_make_one_queued_run(make_repository
     assert not errors and answers == [202] * 8
     assert SyncRun.objects.filter(status=SyncRun.Status.QUEUED).count() == 1
     assert Delivery.objects.filter(sync_run__isnull=False).count() == 8
+
+
+class JoinInProgress(threading.Thread):
+    """A push's transaction on another connection, stopped after its join: request_tip ran and its
+    Delivery is written, nothing is committed until release()."""
+
+    def __init__(self, repository, commit: str) -> None:
+        super().__init__(daemon=True)
+        self.repository, self.commit = repository, commit
+        self.joined, self.released, self.queued = threading.Event(), threading.Event(), None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:  # noqa: D102 - threading.Thread's
+        try:
+            with transaction.atomic():
+                self.queued, joined = SyncRun.request_tip(
+                    self.repository, trigger=SyncRun.Trigger.WEBHOOK, commit=self.commit
+                )
+                assert joined
+                Delivery.objects.create(
+                    repository=self.repository,
+                    sync_run=self.queued,
+                    after=self.commit,
+                    verdict=Delivery.Verdict.JOINED,
+                    status_code=202,
+                )
+                self.joined.set()
+                self.released.wait(30)
+        except BaseException as exc:  # reported by __enter__
+            self.error = exc
+            self.joined.set()
+        finally:
+            connection.close()
+
+    def __enter__(self):
+        self.start()
+        assert self.joined.wait(30) and self.error is None, f"the join failed: {self.error!r}"
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.released.set()
+        self.join(30)
+
+
+def in_thread(function, timeout: float):
+    """function() on another connection; (finished within timeout, its result, the thread)."""
+    result: list = []
+
+    def call() -> None:
+        try:
+            result.append(function())
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return not thread.is_alive(), result, thread
+
+
+postgresql_only = pytest.mark.skipif(
+    connection.vendor != "postgresql",
+    reason="SQLite has one writer at a time: every push waits for the one in progress",
+)
+
+
+@postgresql_only
+def test_a_joining_push_does_not_wait_for_a_join_in_progress(client, make_repository):
+    repository = make_repository(default_branch="main")
+    first, _ = push(client, repository, "a", "d-1")
+    with JoinInProgress(repository, "b" * 40):
+        from django.test import Client
+
+        done, answers, _ = in_thread(lambda: push(Client(), repository, "c", "d-3")[0], 10)
+        assert done, "the push waited for the other push's transaction"
+    assert answers[0]["joined"] is True and answers[0]["sync_run"] == first["sync_run"]
+
+
+@postgresql_only
+def test_a_claim_waits_for_a_join_in_progress_and_records_its_commit(client, make_repository):
+    repository = make_repository(default_branch="main")
+    first, _ = push(client, repository, "a", "d-1")
+    run = SyncRun.objects.get(pk=first["sync_run"])
+    with JoinInProgress(repository, "b" * 40):
+        done, _, claimer = in_thread(lambda: run.claim("worker-1"), 1)
+        assert not done, "the run was claimed under a join that had not committed"
+    claimer.join(30)
+    run.refresh_from_db()
+    assert run.status == SyncRun.Status.RUNNING
+    assert run.requested_commit == "b" * 40  # the join committed first; the claim saw it
+
+
+@postgresql_only
+def test_a_roll_back_supersedes_a_queued_run_with_the_join_in_progress(client, make_repository):
+    repository = make_repository(default_branch="main")
+    first, _ = push(client, repository, "a", "d-1")
+
+    def roll_back():
+        return SyncRun.request(
+            repository, trigger=SyncRun.Trigger.ADMIN, commit="0" * 40, pin_commit=True
+        )[0]
+
+    with JoinInProgress(repository, "b" * 40):
+        done, rolled_back, roller = in_thread(roll_back, 1)
+        assert not done, "the queued run was superseded under a join that had not committed"
+    roller.join(30)
+    queued = SyncRun.objects.get(pk=first["sync_run"])
+    assert queued.status == SyncRun.Status.SUPERSEDED
+    # No delivery is left on the superseded run: the join's went with the others.
+    assert set(Delivery.objects.values_list("sync_run", flat=True)) == {rolled_back[0].pk}
 
 
 def test_a_connection_the_database_dropped_is_replaced_not_a_503(client, make_repository):

@@ -273,8 +273,12 @@ def test_push_while_a_run_is_queued_joins_it(client, make_repository):
     assert second.json()["joined"] is True
     assert second.json()["sync_run"] == first.json()["sync_run"]
     run = SyncRun.objects.get()
-    assert run.requested_commit == "2" * 40
     assert run.deliveries.count() == 2
+    # A join writes nothing to the run; claiming it, the worker records the newest push.
+    assert run.requested_commit == "1" * 40
+    assert run.claim("worker-1")
+    run.refresh_from_db()
+    assert run.requested_commit == "2" * 40
 
 
 def test_push_while_a_run_is_running_queues_exactly_one_follow_up(client, make_repository):
@@ -285,8 +289,11 @@ def test_push_while_a_run_is_running_queues_exactly_one_follow_up(client, make_r
         signed_github(client, repository, push_payload(after=str(n) * 40), delivery=f"d-{n}")
     assert SyncRun.objects.filter(status=SyncRun.Status.RUNNING).count() == 1
     follow_up = SyncRun.objects.get(status=SyncRun.Status.QUEUED)
-    assert follow_up.requested_commit == "5" * 40
     assert follow_up.deliveries.count() == 4
+    SyncRun.objects.filter(status=SyncRun.Status.RUNNING).update(status=SyncRun.Status.SUCCEEDED)
+    assert follow_up.claim("w")
+    follow_up.refresh_from_db()
+    assert follow_up.requested_commit == "5" * 40
 
 
 def test_redelivery_while_its_run_is_pending_joins_without_a_second_run(client, make_repository):
