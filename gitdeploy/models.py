@@ -651,7 +651,7 @@ class SyncRun(models.Model):
         task = run_sync
         if self.run_after:
             task = run_sync.using(run_after=self.run_after)
-        task.enqueue(self.pk)
+        task.enqueue(self.pk, self.repository_id)
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 cursor.execute(f"NOTIFY {TASKS_CHANNEL}")
@@ -668,7 +668,10 @@ class SyncRun(models.Model):
             "started_at": now,
             "lease_expires_at": now + lease_duration(),
         }
-        claim = SyncRun.objects.filter(pk=self.pk, status=self.Status.QUEUED)
+        # The repository too: the worker takes its lock file from the task's repository id.
+        claim = SyncRun.objects.filter(
+            pk=self.pk, repository_id=self.repository_id, status=self.Status.QUEUED
+        )
         try:
             if connection.in_atomic_block:
                 with transaction.atomic():  # a savepoint: the caller's transaction survives

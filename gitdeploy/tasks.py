@@ -14,8 +14,10 @@ from gitdeploy import worker
 
 
 @task(queue_name=settings.GITDEPLOY_QUEUE, takes_context=True)
-def run_sync(context: TaskContext, run_id: int) -> str:
+def run_sync(context: TaskContext, run_id: int, repository_id: int | None = None) -> str:
     worker_ids = context.task_result.worker_ids
     worker_id = worker_ids[-1] if worker_ids else worker.local_worker_id()
-    run = worker.execute_run(run_id, worker_id=worker_id)
+    # repository_id saves the worker a query before it can lock; tasks queued before it was
+    # passed have none.
+    run = worker.execute_run(run_id, worker_id=worker_id, repository_id=repository_id)
     return run.status if run is not None else "gone"

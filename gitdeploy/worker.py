@@ -192,20 +192,22 @@ class LeaseKeeper:
             logger.error("SyncRun %s is no longer owned by %s", self.run.pk, self.run.worker_id)
 
 
-def execute_run(run_id: int, *, worker_id: str) -> SyncRun | None:
+def execute_run(run_id: int, *, worker_id: str, repository_id: int | None = None) -> SyncRun | None:
     """Run one queued SyncRun to completion. Safe to call from any number of processes.
 
-    Between the task's claim and the run's, three statements (pick-up is measured over them): what
-    to lock, the claim, then the run and its repository as they are once the lock is ours (an
-    admin may have changed the repository while we waited for it)."""
-    found = SyncRun.objects.filter(pk=run_id).values_list("repository_id", "status").first()
-    if found is None or found[1] != SyncRun.Status.QUEUED:
-        logger.info("SyncRun %s is not queued (%s); nothing to do", run_id, found and found[1])
-        return SyncRun.objects.filter(pk=run_id).first()
+    Between the task's claim and the run's, pick-up is measured: what to lock (the task carries
+    the repository's id; older tasks and `manage.py sync` read it), the claim, then the run and
+    its repository as they are once the lock is ours (an admin may have changed the repository
+    while we waited for it)."""
+    if repository_id is None:
+        found = SyncRun.objects.filter(pk=run_id).values_list("repository_id", "status").first()
+        if found is None or found[1] != SyncRun.Status.QUEUED:
+            logger.info("SyncRun %s is not queued (%s); nothing to do", run_id, found and found[1])
+            return SyncRun.objects.filter(pk=run_id).first()
+        repository_id = found[0]
     # run_after (a retry's backoff) is honoured by django-tasks, which does not hand the task out
     # earlier; `manage.py sync` runs it now on purpose.
 
-    repository_id = found[0]
     path = lock_path(Repository(pk=repository_id))
     path.parent.mkdir(parents=True, exist_ok=True)
     # One sync at a time per repository across processes: the OS lock (released by the kernel if
@@ -215,7 +217,14 @@ def execute_run(run_id: int, *, worker_id: str) -> SyncRun | None:
         while not claimant.claim(worker_id):  # only if still queued: no need to read it first
             current = SyncRun.objects.filter(pk=run_id).first()
             if current is None or current.status != SyncRun.Status.QUEUED:
+                logger.info(
+                    "SyncRun %s is not queued (%s); nothing to do",
+                    run_id,
+                    current and current.status,
+                )
                 return current
+            if current.repository_id != repository_id:
+                raise ValueError(f"SyncRun {run_id} is not a run of repository {repository_id}")
             # Another run of this repository is still 'running'. Past its lease its worker was
             # lost: recover it (the monitor would, within its interval) and claim at once.
             recover_lost(repository_id=repository_id)

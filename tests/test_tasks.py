@@ -85,7 +85,7 @@ def test_a_failed_fetch_is_retried_with_backoff_as_new_attempts(make_repository,
         assert f"attempt {expected_attempt} of run #{run.pk} in " in attempts[-1].log
         assert retry.run_after > timezone.now() + datetime.timedelta(seconds=2)
         # The backoff is the task's run_after too, so the worker does not pick it up early.
-        task = DBTaskResult.objects.filter(args_kwargs__args=[retry.pk]).get()
+        task = DBTaskResult.objects.filter(args_kwargs__args=[retry.pk, repository.pk]).get()
         assert task.run_after is not None and task.run_after > timezone.now()
         SyncRun.objects.filter(pk=retry.pk).update(run_after=None)
         attempts.append(retry)
@@ -359,7 +359,7 @@ def test_tasks_and_runs_left_by_a_dead_worker_are_swept(make_repository):
     task.refresh_from_db()
     assert task.status == TaskResultStatus.FAILED and "ghost" in task.traceback
     ready = DBTaskResult.objects.filter(status=TaskResultStatus.READY)
-    assert [t.args_kwargs["args"] for t in ready] == [[run.pk]]
+    assert [t.args_kwargs["args"] for t in ready] == [[run.pk, repository.pk]]
     assert DBTaskResult.objects.filter(status=TaskResultStatus.RUNNING).count() == 2
     assert requeue_stranded() == [], "the new task covers it"
 
@@ -381,8 +381,9 @@ def test_a_task_its_live_worker_abandoned_is_queued_again(make_repository):
         status=TaskResultStatus.RUNNING, worker_ids=["alive"], started_at=long_ago
     )
     assert requeue_stranded() == [run]
-    assert DBTaskResult.objects.get(status=TaskResultStatus.FAILED).args_kwargs["args"] == [run.pk]
-    assert DBTaskResult.objects.get(status=TaskResultStatus.READY).args_kwargs["args"] == [run.pk]
+    expected = [run.pk, repository.pk]
+    assert DBTaskResult.objects.get(status=TaskResultStatus.FAILED).args_kwargs["args"] == expected
+    assert DBTaskResult.objects.get(status=TaskResultStatus.READY).args_kwargs["args"] == expected
 
 
 def test_a_run_costs_at_most_eleven_statements(make_repository, remote):
@@ -432,3 +433,15 @@ def test_a_run_blocked_by_a_lost_run_of_its_repository_recovers_it_and_runs(
     assert (lost.status, lost.error) == (SyncRun.Status.FAILED, "worker lost")
     assert done.pk == waiting.pk and done.status == SyncRun.Status.SUCCEEDED, done.log
     assert done.worker_id == "w"
+
+
+def test_a_task_naming_another_repository_is_refused_and_the_run_stays_queued(make_repository):
+    """The task carries the repository's id so the worker can take its lock before reading the
+    run; the claim checks it, so a task that names the wrong one never syncs under another
+    repository's lock."""
+    repository, other = make_repository(), make_repository()
+    run, _ = SyncRun.request(repository, trigger=SyncRun.Trigger.WEBHOOK)
+    with pytest.raises(ValueError, match="not a run of repository"):
+        execute_run(run.pk, worker_id="w", repository_id=other.pk)
+    run.refresh_from_db()
+    assert run.status == SyncRun.Status.QUEUED and run.worker_id == ""

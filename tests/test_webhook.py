@@ -141,7 +141,7 @@ def test_signed_push_to_tracked_branch_queues_a_sync(
     assert not run.pin_commit, "a webhook deploys the tip as fetched, never the payload's commit"
     # The task was enqueued on the tasks queue after the commit.
     task = DBTaskResult.objects.get()
-    assert task.queue_name == "gitdeploy" and task.args_kwargs["args"] == [run.pk]
+    assert task.queue_name == "gitdeploy" and task.args_kwargs["args"] == [run.pk, repository.pk]
 
 
 def test_github_documented_signature_vector_is_accepted(client, make_repository):

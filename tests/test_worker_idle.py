@@ -225,6 +225,7 @@ def test_a_task_queued_without_a_notify_is_found_by_the_fallback_poll(
         trigger=SyncRun.Trigger.CLI,
         branch=repository.tracked_branch,
     )
+    # Nor the repository id: a task as queued before tasks carried it is still run.
     run_sync.enqueue(run.pk)
     queued = timezone.now()
 
