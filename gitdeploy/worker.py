@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from django.conf import settings
@@ -35,15 +37,17 @@ from django.db import (
     InterfaceError,
     OperationalError,
     close_old_connections,
+    connection,
     connections,
     transaction,
 )
 from django.db.models import Q
+from django.db.models.functions import Now
 from django.utils import timezone
 from django_tasks import TaskResultStatus
 from django_tasks_db.management.commands.db_worker import Worker
 
-from gitdeploy import redaction, reporting, retention, sync
+from gitdeploy import prebuilt, redaction, reporting, retention, sync
 from gitdeploy.models import TASKS_CHANNEL, Repository, SyncRun
 
 logger = logging.getLogger(__name__)
@@ -70,9 +74,9 @@ running_here: set[int] = set()
 
 def close_connections() -> None:
     """Drops every connection of this thread, so the next query reconnects."""
-    for connection in connections.all(initialized_only=True):
+    for each in connections.all(initialized_only=True):
         try:
-            connection.close()
+            each.close()
         except DATABASE_DOWN:  # closing a dead connection can fail too; it is gone either way
             pass
 
@@ -754,18 +758,13 @@ class ResilientWorker(Worker):
     def run_one(self) -> bool:
         """Claims the next ready task and runs it (as django-tasks-db's loop does: a row lock
         with SKIP LOCKED, so workers never take the same task). False when there was none."""
-        from django_tasks_db.models import DBTaskResult
         from django_tasks_db.utils import exclusive_transaction
 
         close_old_connections()
-        tasks = DBTaskResult.objects.ready().filter(backend_name=self.backend_name)
-        if not self.process_all_queues:
-            tasks = tasks.filter(queue_name__in=self.queue_names)
-        if self.excluded_queue_names:
-            tasks = tasks.exclude(queue_name__in=self.excluded_queue_names)
-        if connections[tasks.db].vendor == "postgresql":
-            task_result = self.claim_in_one_statement(tasks)
+        if connection.vendor == "postgresql":
+            task_result = self.claim_in_one_statement()
         else:
+            tasks = self.ready_tasks(timezone.now())
             with exclusive_transaction(tasks.db):
                 task_result = tasks.get_locked()
                 if task_result is not None:
@@ -776,42 +775,65 @@ class ResilientWorker(Worker):
         close_old_connections()
         return True
 
-    def claim_in_one_statement(self, tasks):
+    def ready_tasks(self, now):
+        """django-tasks-db's ready tasks for this worker's backend and queues (its own loop's
+        queryset), with `now` as the clock: a datetime, or Now(), the database's."""
+        from django_tasks_db.models import DBTaskResult, get_date_max
+
+        tasks = DBTaskResult.objects.filter(
+            Q(run_after=get_date_max()) | Q(run_after__lte=now),
+            status=TaskResultStatus.READY,
+            backend_name=self.backend_name,
+        )
+        if not self.process_all_queues:
+            tasks = tasks.filter(queue_name__in=self.queue_names)
+        if self.excluded_queue_names:
+            tasks = tasks.exclude(queue_name__in=self.excluded_queue_names)
+        return tasks
+
+    @functools.cached_property
+    def claim_statement(self) -> tuple[str, tuple]:
+        """The UPDATE claim_in_one_statement runs, compiled once: with the database's clock
+        (Now()) its SQL and parameters never change, where compiling it at every wake-up took
+        half of the worker's pick-up. next_due() reads the same clock, so a worker whose clock is
+        ahead of the database's does not wake for a task the database does not yet call due."""
+        from django_tasks_db.models import DBTaskResult
+
+        pick = self.ready_tasks(Now()).order_by(*(DBTaskResult._meta.ordering or ())).values("pk")
+        pick_sql, pick_params = pick[:1].query.sql_with_params()
+        tasks = prebuilt.table(DBTaskResult)
+        return (
+            # The table comes from _meta and the sub-select from the ORM; values are parameters.
+            f"UPDATE {tasks.table} SET status = %s, started_at = %s, "  # noqa: S608
+            f"worker_ids = worker_ids || %s::jsonb "
+            f"WHERE id = ({pick_sql} FOR UPDATE SKIP LOCKED) RETURNING {tasks.columns}",
+            tuple(pick_params or ()),
+        )
+
+    def claim_in_one_statement(self):
         """On PostgreSQL, django-tasks-db's claim (BEGIN, SELECT ... FOR UPDATE SKIP LOCKED, UPDATE,
         COMMIT: four round trips on the way from a push to its sync) as one UPDATE of the row its
         own query picks, in its order, skipping rows another worker holds. The same claim: status
         RUNNING, started_at, this worker appended to worker_ids."""
         from django_tasks_db.models import DBTaskResult
 
-        connection = connections[tasks.db]
-        pick = tasks.order_by(*(DBTaskResult._meta.ordering or ())).values("pk")[:1]
-        pick_sql, pick_params = pick.query.sql_with_params()
-        table = connection.ops.quote_name(DBTaskResult._meta.db_table)
-        claimed = list(
-            DBTaskResult.objects.using(tasks.db).raw(
-                # The table comes from _meta and the sub-select from the ORM; values are parameters.
-                f"UPDATE {table} SET status = %s, started_at = %s, "  # noqa: S608
-                f"worker_ids = worker_ids || %s::jsonb "
-                f"WHERE id = ({pick_sql} FOR UPDATE SKIP LOCKED) RETURNING *",
-                [
-                    TaskResultStatus.RUNNING,
-                    timezone.now(),
-                    json.dumps([self.worker_id]),
-                    *(pick_params or ()),
-                ],
-            )
-        )
-        return claimed[0] if claimed else None
+        sql, pick_params = self.claim_statement
+        claim: list[Any] = [TaskResultStatus.RUNNING, timezone.now(), json.dumps([self.worker_id])]
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [*claim, *pick_params])
+            row = cursor.fetchone()
+        return prebuilt.from_row(DBTaskResult, row) if row is not None else None
 
     def next_due(self) -> float | None:
-        """When the earliest task deferred with run_after comes due (a Unix time), or None."""
+        """When the earliest task deferred with run_after comes due (a Unix time), or None. Due
+        by the database's clock, as claim_statement judges it."""
         from django_tasks_db.models import DBTaskResult, get_date_max
 
         run_after = (
             DBTaskResult.objects.filter(
                 backend_name=self.backend_name,
                 status=TaskResultStatus.READY,
-                run_after__gt=timezone.now(),
+                run_after__gt=Now(),
             )
             .exclude(run_after=get_date_max())  # django-tasks-db's "not deferred"
             .order_by("run_after")

@@ -11,6 +11,7 @@ import time
 
 import psycopg
 import pytest
+from django.conf import settings
 from django.db import connection
 from django.test import override_settings
 from django.utils import timezone
@@ -164,6 +165,7 @@ def test_on_postgresql_a_task_is_claimed_in_one_statement_in_queue_order(make_re
     from django_tasks_db.models import DBTaskResult
 
     worker = in_process_worker("claimer")
+    worker.queue_names = [settings.GITDEPLOY_QUEUE]
     first, _ = SyncRun.request(make_repository(), trigger=SyncRun.Trigger.CLI)
     second, _ = SyncRun.request(make_repository(), trigger=SyncRun.Trigger.CLI)
     deferred = make_repository()
@@ -172,7 +174,6 @@ def test_on_postgresql_a_task_is_claimed_in_one_statement_in_queue_order(make_re
         trigger=SyncRun.Trigger.RETRY,
         run_after=timezone.now() + datetime.timedelta(hours=1),
     )
-    tasks = DBTaskResult.objects.ready().filter(backend_name="default")
     oldest, newer = DBTaskResult.objects.order_by("enqueued_at")[:2]
 
     # Another worker holds the oldest task's row (its claim transaction is open).
@@ -187,13 +188,13 @@ def test_on_postgresql_a_task_is_claimed_in_one_statement_in_queue_order(make_re
         table = DBTaskResult._meta.db_table
         other.execute(f"SELECT id FROM {table} WHERE id = %s FOR UPDATE", [oldest.pk])  # noqa: S608
         with CaptureQueriesContext(connection) as queries:
-            claimed = worker.claim_in_one_statement(tasks)
+            claimed = worker.claim_in_one_statement()
         assert len(queries) == 1, [q["sql"] for q in queries]
         assert claimed.pk == newer.pk, "the held row is skipped, not waited for"
     finally:
         other.close()
-    assert worker.claim_in_one_statement(tasks).pk == oldest.pk
-    assert worker.claim_in_one_statement(tasks) is None, "the deferred one is not due"
+    assert worker.claim_in_one_statement().pk == oldest.pk
+    assert worker.claim_in_one_statement() is None, "the deferred one is not due"
     for task in DBTaskResult.objects.filter(pk__in=[oldest.pk, newer.pk]):
         assert task.status == TaskResultStatus.RUNNING
         assert task.worker_ids == ["claimer"] and task.started_at is not None
