@@ -13,8 +13,9 @@ What it measures (each section prints one block):
   pickup   queued -> started of those runs (the LISTEN/NOTIFY wake-up).
   ack      wrk -c16 with a signed 8.5 KB push, each request its own delivery id (the signature
            covers the body only, so one body is signed once), with 2 then 4 gunicorn workers,
-           beside a trivial app on the same gunicorn settings; then the lost count (a 2xx
-           without its Delivery row), the repository at the tip afterwards, no run left behind.
+           beside a trivial app on the same gunicorn settings; again with 2 workers while the
+           worker is stopped (the web alone, with no git on the same cores); the lost count (a
+           2xx without its Delivery row), the repository at the tip afterwards, no run left.
   burst    N commits then N concurrent webhooks; and M pushes in 5 s while the post-deploy
            command takes 1 s: syncs executed and failed, the most git processes seen at once
            for the repository, the final commit.
@@ -600,17 +601,31 @@ def main() -> None:  # noqa: C901 - one story, top to bottom
                 one_by_one.append((time.perf_counter() - t0) * 1000)
             say(f"  one request at a time: median {median(one_by_one):.1f} ms")
             settle(SyncRun, repository)
-            for workers in (2, 4):
+
+            def ack(workers: int, prefix: str) -> tuple[dict[str, float], float, int]:
+                """wrk against a fresh gunicorn: the figures, web CPU per answer, rows stored."""
+                nonlocal web
                 processes.stop(web)
                 web = processes.gunicorn("project.asgi:application", workers, port)
-                prefix = f"wrk{workers}"
                 web_workers = children(web.pid)
                 web_cpu = sum(cpu_seconds(pid) for pid in web_workers)
                 app = run_wrk(base, port, f"/hooks/{SLUG}/", remote.tip(), prefix)
                 answered = max(1.0, app["ok"] + app["other"])
                 web_cpu = (sum(cpu_seconds(pid) for pid in web_workers) - web_cpu) / answered
-                web_rss += [peak_rss_mb(pid) for pid in children(web.pid)]
+                web_rss.extend(peak_rss_mb(pid) for pid in children(web.pid))
                 rows = Delivery.objects.filter(delivery_id__startswith=f"{prefix}-").count()
+                return app, web_cpu, rows
+
+            def figures(app: dict[str, float], web_cpu: float, rows: int) -> str:
+                return (
+                    f"{app['rate']:.0f}/s p50 {app['p50']:.1f} ms p99 {app['p99']:.1f} ms "
+                    f"(2xx {app['ok']:.0f}, other {app['other']:.0f}, rows {rows}, "
+                    f"lost {max(0, int(app['ok']) - rows)}; web CPU {web_cpu * 1000:.1f} ms "
+                    "per request)"
+                )
+
+            for workers in (2, 4):
+                measured = ack(workers, f"wrk{workers}")
                 trivial_port = free_port()
                 trivial = processes.gunicorn(
                     "bench.trivial_asgi:application", workers, trivial_port
@@ -618,12 +633,19 @@ def main() -> None:  # noqa: C901 - one story, top to bottom
                 plain = run_wrk(base, trivial_port, "/", remote.tip(), f"trivial{workers}")
                 processes.stop(trivial)
                 say(
-                    f"  {workers} workers: gitdeploy {app['rate']:.0f}/s p50 {app['p50']:.1f} ms "
-                    f"p99 {app['p99']:.1f} ms (2xx {app['ok']:.0f}, other {app['other']:.0f}, "
-                    f"rows {rows}, lost {max(0, int(app['ok']) - rows)}; web CPU "
-                    f"{web_cpu * 1000:.1f} ms per request) | trivial app "
+                    f"  {workers} workers: gitdeploy {figures(*measured)} | trivial app "
                     f"{plain['rate']:.0f}/s p50 {plain['p50']:.1f} ms p99 {plain['p99']:.1f} ms"
                 )
+            # The same with the worker stopped (SIGSTOP, well within its lease): nothing syncs and
+            # every push joins the one queued run. What the web alone answers on this machine,
+            # without git checking out 20,000 files on the same two cores after every claim.
+            settle(SyncRun, repository)
+            os.kill(worker.pid, signal.SIGSTOP)
+            try:
+                measured = ack(2, "wrk2alone")
+            finally:
+                os.kill(worker.pid, signal.SIGCONT)
+            say(f"  2 workers, the worker stopped (nothing syncing): {figures(*measured)}")
             settled = settle(SyncRun, repository)
             say(
                 f"  afterwards: HEAD at the tip {current_head(target) == remote.tip()}, "
