@@ -399,7 +399,10 @@ class SyncRun(models.Model):
     requested_commit = models.CharField(
         max_length=64,
         blank=True,
-        help_text="The commit named by the request (the push's 'after', or the roll back target).",
+        help_text=(
+            "The commit named by the request (the push's 'after', or the roll back target). A run "
+            "that later pushes joined takes the newest push's when it starts."
+        ),
     )
     pin_commit = models.BooleanField(
         default=False,
