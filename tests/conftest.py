@@ -16,6 +16,24 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TEST_SECRET = "s3cret-for-tests"
 
 
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """pytest-django's test database, which it drops at the end. On PostgreSQL a process a test
+    stopped (a worker killed with SIGKILL) can leave its backend connected for a moment, and the
+    DROP then fails ("being accessed by other users", seen in CI), leaving the database behind on
+    the server: the backends still connected to it are ended first."""
+    yield
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+
+
 def database_url_for_subprocess() -> str:
     """DATABASE_URL of the test database pytest-django created, for processes the test starts."""
     from django.db import connection
