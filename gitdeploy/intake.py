@@ -446,8 +446,7 @@ def _active_run_of_earlier_delivery(repository: Repository, delivery_id: str) ->
 def _active_run_sql(alias: str, vendor: str) -> str:
     """Delivery.objects.filter(repository=, delivery_id=, sync_run__status__in=[queued, running])
     .order_by("-sync_run_id").values_list("sync_run_id").first(), as SQL."""
-    quote = connection.ops.quote_name
-    deliveries, runs = quote(Delivery._meta.db_table), quote(SyncRun._meta.db_table)
+    deliveries, runs = prebuilt.table(Delivery).table, prebuilt.table(SyncRun).table
     run_id = prebuilt.quoted(Delivery, "sync_run")
     return (
         # Names come from _meta; every value is a parameter.

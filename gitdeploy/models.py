@@ -858,10 +858,9 @@ def _tip_statements(alias: str, vendor: str) -> tuple[str, str]:
     queued_run = (
         f"SELECT {runs.columns} FROM {runs.table} WHERE repository_id = %s AND status = 'queued'"  # noqa: S608
     )
-    columns = runs.insert_into.split(" VALUES ", 1)[0]
     join_or_insert = (
         f"WITH queued AS ({queued_run} FOR SHARE), "  # noqa: S608
-        f"inserted AS ({columns} "
+        f"inserted AS ({runs.insert_columns} "
         f"SELECT {', '.join(['%s'] * len(runs.insert_fields))} "
         "WHERE NOT EXISTS (SELECT FROM queued) "
         "ON CONFLICT (repository_id) WHERE status = 'queued' DO NOTHING "

@@ -35,8 +35,13 @@ class Table:
     # (index in the row, converters) for the columns whose values Django converts after reading.
     converters: tuple[tuple[int, Any, tuple[Callable, ...]], ...]
     insert_fields: tuple[models.Field, ...]
-    insert_into: str  # INSERT INTO table (columns) VALUES (%s, ...), for insert_values()
+    insert_columns: str  # INSERT INTO table (columns), for the values of insert_values()
     pk_column: str  # quoted
+
+    @property
+    def insert_into(self) -> str:
+        """INSERT INTO table (columns) VALUES (%s, ...)."""
+        return f"{self.insert_columns} VALUES ({', '.join(['%s'] * len(self.insert_fields))})"
 
 
 def table(model: type[models.Model]) -> Table:
@@ -62,10 +67,9 @@ def _table(model: type[models.Model], alias: str, vendor: str) -> Table:
         attnames=tuple(f.attname for f in fields),
         converters=tuple(converters),
         insert_fields=insert_fields,
-        insert_into=(
+        insert_columns=(
             # Names come from _meta; every value is a parameter.
-            f"INSERT INTO {table_name} ({', '.join(quote(str(f.column)) for f in insert_fields)}) "  # noqa: S608
-            f"VALUES ({', '.join(['%s'] * len(insert_fields))})"
+            f"INSERT INTO {table_name} ({', '.join(quote(str(f.column)) for f in insert_fields)})"
         ),
         pk_column=quote(str(meta.pk.column)),
     )
