@@ -40,6 +40,22 @@ def in_process_worker(worker_id: str) -> ResilientWorker:
     )
 
 
+def listening_worker(start_worker, **env):  # noqa: F811 - the fixture, passed in
+    """A real worker (manage.py db_worker), past its start-up poll and waiting on LISTEN."""
+    worker = start_worker(**env)
+    wait_for(WorkerHeartbeat.latest, timeout=30, message="the worker's first heartbeat")
+    time.sleep(1.5)
+    return worker
+
+
+def started(run: SyncRun, *, timeout: float, message: str) -> SyncRun:
+    return wait_for(
+        lambda: SyncRun.objects.filter(pk=run.pk).exclude(started_at=None).first(),
+        timeout=timeout,
+        message=message,
+    )
+
+
 postgresql_only = pytest.mark.skipif(
     is_sqlite(), reason="LISTEN/NOTIFY is PostgreSQL's; on SQLite the worker polls"
 )
@@ -91,6 +107,22 @@ def test_next_due_is_the_earliest_deferred_task(make_repository):
 
 
 @postgresql_only
+@pytest.mark.django_db
+def test_due_is_judged_by_the_databases_clock_not_the_workers(make_repository, monkeypatch):
+    """A worker whose clock runs ahead of the database's neither claims a deferred task early nor
+    forgets to wake for it: the claim and next_due read one clock, the database's (README)."""
+    worker = in_process_worker("ahead")
+    worker.queue_names = [settings.GITDEPLOY_QUEUE]
+    later = timezone.now() + datetime.timedelta(minutes=10)
+    SyncRun.request(make_repository(), trigger=SyncRun.Trigger.RETRY, run_after=later)
+    ahead = timezone.now() + datetime.timedelta(hours=1)
+    monkeypatch.setattr(timezone, "now", lambda: ahead)  # the worker's clock, an hour ahead
+
+    assert worker.claim_in_one_statement() is None, "not due yet by the database's clock"
+    assert worker.next_due() == pytest.approx(later.timestamp(), abs=0.001)
+
+
+@postgresql_only
 @pytest.mark.processes
 @pytest.mark.django_db(transaction=True)
 def test_a_deferred_retry_starts_when_due_not_at_the_next_poll(
@@ -99,21 +131,15 @@ def test_a_deferred_retry_starts_when_due_not_at_the_next_poll(
     start_worker,  # noqa: F811 - fixture
 ):
     repository = deployed_repository(clone_url=remote.url)
-    worker = start_worker()
-    wait_for(WorkerHeartbeat.latest, timeout=30, message="the worker's first heartbeat")
-    time.sleep(1)  # waiting on LISTEN now
+    worker = listening_worker(start_worker)
     due = timezone.now() + datetime.timedelta(seconds=2)
     run, _ = SyncRun.request(repository, trigger=SyncRun.Trigger.RETRY, run_after=due)
 
-    started = wait_for(
-        lambda: SyncRun.objects.filter(pk=run.pk).exclude(started_at=None).first(),
-        timeout=40,
-        message="the deferred run to start",
-    )
+    run = started(run, timeout=40, message="the deferred run to start")
 
-    assert started.started_at >= due
+    assert run.started_at >= due
     # The fallback poll is 30 s away; only the due time can have started it this soon.
-    assert (started.started_at - due).total_seconds() < 10, worker.output()
+    assert (run.started_at - due).total_seconds() < 10, worker.output()
     assert worker.stop() == 0
 
 
@@ -217,9 +243,7 @@ def test_a_task_queued_without_a_notify_is_found_by_the_fallback_poll(
     from gitdeploy.tasks import run_sync
 
     repository = deployed_repository(clone_url=remote.url)
-    worker = start_worker(WORKER_POLL_SECONDS="1")
-    wait_for(WorkerHeartbeat.latest, timeout=30, message="the worker's first heartbeat")
-    time.sleep(1.5)  # past its start-up poll, waiting on LISTEN
+    worker = listening_worker(start_worker, WORKER_POLL_SECONDS="1")
     # A queued run and its task, as SyncRun.enqueue writes them, but without the NOTIFY.
     run = SyncRun.objects.create(
         repository=repository,
@@ -230,11 +254,7 @@ def test_a_task_queued_without_a_notify_is_found_by_the_fallback_poll(
     run_sync.enqueue(run.pk)
     queued = timezone.now()
 
-    started = wait_for(
-        lambda: SyncRun.objects.filter(pk=run.pk).exclude(started_at=None).first(),
-        timeout=25,
-        message="the run to be found by the poll",
-    )
+    run = started(run, timeout=25, message="the run to be found by the poll")
     # The default poll is 30 s: only WORKER_POLL_SECONDS=1 finds it this soon.
-    assert (started.started_at - queued).total_seconds() < 10, worker.output()
+    assert (run.started_at - queued).total_seconds() < 10, worker.output()
     assert worker.stop() == 0
