@@ -9,7 +9,10 @@ The path of a delivery, each step in one place:
                           (rejected / ignored / queue, with the reason and the HTTP status)
     intake.receive        one transaction: the default branch learned from the payload, the
                           redelivery look-up, SyncRun.request (queue or join), the Delivery row;
-                          returns a Receipt (delivery, run, joined, HTTP status, JSON body)
+                          returns a Receipt (delivery, run, joined, HTTP status, JSON body).
+                          On PostgreSQL a plain push (nothing to learn, not a redelivery) is
+                          the redelivery look-up and one statement, SyncRun.record_push: its
+                          own transaction, without BEGIN and COMMIT round trips
 
 The view renders the Receipt and decides nothing. The answer is only sent after the transaction
 committed, so a 2xx never claims more than the database holds.
@@ -17,6 +20,7 @@ committed, so a 2xx never claims more than the database holds.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import functools
@@ -279,15 +283,23 @@ def _record(
         flooded = _count_if_flooding(repository, incoming.remote_addr, reason)
         if flooded is not None:
             return flooded
-    with transaction.atomic():
+    # Nothing to check or write but the Delivery and the run it asks for.
+    learned = _default_branch_to_learn(repository, inspection)
+    alone = redelivery_of is None and not inspection.replay_key and not learned
+    if alone and decision.wants_sync:
+        recorded = _record_push_at_once(repository, incoming, inspection, decision)
+        if recorded is not None:
+            return recorded
+    # One transaction, but for an ignored or rejected delivery with nothing else to write: its
+    # INSERT is a transaction of its own, without BEGIN and COMMIT round trips.
+    with contextlib.nullcontext() if alone and not decision.wants_sync else transaction.atomic():
         if inspection.replay_key and verdict != Delivery.Verdict.REJECTED:
             replayed = _replayed(repository, inspection.replay_key)
             if replayed:
                 decision = Decision(Delivery.Verdict.REJECTED, replayed, 409)
                 verdict, reason, status_code = decision.verdict, decision.reason, 409
-        if event is not None and event.kind == "push" and event.default_branch:
-            if "default_branch" not in inspection.unsafe_fields:  # cut to fit: not a branch
-                repository.learn_default_branch(event.default_branch)
+        if learned:
+            repository.learn_default_branch(learned)
         if decision.wants_sync:
             run = _active_run_of_earlier_delivery(repository, envelope.delivery_id)
             if run is not None:
@@ -306,10 +318,7 @@ def _record(
                 )
                 if joined:
                     verdict = Delivery.Verdict.JOINED
-                    reason = (
-                        f"joined sync run #{run.pk}, which is queued and will deploy the branch "
-                        "tip as fetched when it starts"
-                    )
+                    reason = JOINED_REASON.format(run=run.pk)
         stored_reason = storable(reason, 2000)
         # What is answered, stored with the row for the delivery page's Response tab (the
         # answer's "delivery" is the row's own id: Delivery.answer puts it back).
@@ -320,30 +329,95 @@ def _record(
             )
         else:
             answer["status"] = "ignored" if verdict == Delivery.Verdict.IGNORED else "rejected"
-        delivery = Delivery(
-            repository=repository,
-            remote_addr=incoming.remote_addr or None,
-            provider=envelope.provider,
-            event=envelope.event,
-            delivery_id=envelope.delivery_id,
-            webhook_id=inspection.replay_key,
-            content_type=storable(incoming.content_type, 200),
-            headers=_stored_headers(incoming, keep_all=verdict != Delivery.Verdict.REJECTED),
-            **_stored_body(incoming, keep_all=verdict != Delivery.Verdict.REJECTED),
-            ref=event.ref if event else "",
-            before=event.before if event else "",
-            after=event.after if event else "",
-            signature=inspection.signature,
-            verdict=verdict,
-            reason=stored_reason,
-            status_code=status_code,
-            sync_run=run,
-            redelivery_of=redelivery_of,
-            response_body=answer,
+        delivery = _new_delivery(
+            repository, incoming, inspection, verdict, stored_reason, status_code, redelivery_of
         )
+        delivery.sync_run, delivery.response_body = run, answer
         prebuilt.insert(delivery)  # Delivery.objects.create(), without compiling the INSERT
-    body: dict[str, Any] = {"delivery": delivery.pk, **delivery.response_body}
-    return Receipt(delivery, run, joined, status_code, body)
+    return Receipt(delivery, run, joined, status_code, delivery.answer)
+
+
+# Why a push joined the queued run; {run} is its id.
+JOINED_REASON = (
+    "joined sync run #{run}, which is queued and will deploy the branch tip as fetched when it "
+    "starts"
+)
+
+
+def _default_branch_to_learn(repository: Repository, inspection: Inspection) -> str:
+    """The default branch a push names, when the repository does not know it yet (receive()
+    stores it); "" otherwise, and when the name had to be cut to fit (not a branch then)."""
+    event = inspection.event
+    if event is None or event.kind != "push" or "default_branch" in inspection.unsafe_fields:
+        return ""
+    return event.default_branch if event.default_branch != repository.default_branch else ""
+
+
+def _record_push_at_once(
+    repository: Repository, incoming: IncomingWebhook, inspection: Inspection, decision: Decision
+) -> Receipt | None:
+    """A push on PostgreSQL with nothing else to write: the redelivery look-up, then the run's
+    join-or-insert, its task and the Delivery in one statement that is its own transaction
+    (SyncRun.record_push): two round trips where a transaction takes five, and the share lock a
+    join takes on the queued run is held for one statement. None when _record's transaction is
+    needed instead (SQLite, a redelivery of a pending run, a queued roll back)."""
+    envelope = inspection.envelope
+    if connection.vendor != "postgresql":
+        return None
+    if _active_run_of_earlier_delivery(repository, envelope.delivery_id) is not None:
+        return None
+    delivery = _new_delivery(
+        repository,
+        incoming,
+        inspection,
+        Delivery.Verdict.QUEUED,
+        storable(decision.reason, 2000),
+        decision.status_code,
+    )
+    run = SyncRun.record_push(
+        delivery,
+        trigger=SyncRun.Trigger.WEBHOOK,
+        commit=decision.commit,
+        label=_pusher_label(envelope, inspection.event),
+        joined_reason=JOINED_REASON,
+    )
+    if run is None:
+        return None
+    joined = delivery.verdict == Delivery.Verdict.JOINED
+    return Receipt(delivery, run, joined, delivery.status_code, delivery.answer)
+
+
+def _new_delivery(
+    repository: Repository,
+    incoming: IncomingWebhook,
+    inspection: Inspection,
+    verdict: str,
+    stored_reason: str,
+    status_code: int,
+    redelivery_of: Delivery | None = None,
+) -> Delivery:
+    """The Delivery row for a request, not saved; a rejected one keeps only the start of its body
+    and headers. The run and the answer are the caller's to set."""
+    envelope, event = inspection.envelope, inspection.event
+    return Delivery(
+        repository=repository,
+        remote_addr=incoming.remote_addr or None,
+        provider=envelope.provider,
+        event=envelope.event,
+        delivery_id=envelope.delivery_id,
+        webhook_id=inspection.replay_key,
+        content_type=storable(incoming.content_type, 200),
+        headers=_stored_headers(incoming, keep_all=verdict != Delivery.Verdict.REJECTED),
+        **_stored_body(incoming, keep_all=verdict != Delivery.Verdict.REJECTED),
+        ref=event.ref if event else "",
+        before=event.before if event else "",
+        after=event.after if event else "",
+        signature=inspection.signature,
+        verdict=verdict,
+        reason=stored_reason,
+        status_code=status_code,
+        redelivery_of=redelivery_of,
+    )
 
 
 def _replayed(repository: Repository, webhook_id: str) -> str:

@@ -10,6 +10,7 @@ import datetime
 import functools
 import logging
 import re
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -645,6 +646,76 @@ class SyncRun(models.Model):
                 return found, not inserted
         return cls.request(repository, trigger=trigger, commit=commit, label=label)
 
+    @classmethod
+    def record_push(
+        cls, delivery: Delivery, *, trigger: str, commit: str, label: str, joined_reason: str
+    ) -> SyncRun | None:
+        """request_tip() and the Delivery's insert in one statement (PostgreSQL): join the queued
+        run or insert one, with its task row and the NOTIFY that wakes a worker, and insert
+        `delivery` on that run. Outside a transaction the statement is its own, committed before
+        this returns, with no BEGIN and COMMIT round trips: what a push writes is one round trip.
+
+        `delivery` comes complete but for what depends on the run, set on it here as stored:
+        sync_run; verdict (queued, or joined); reason (its own for a new run, `joined_reason` with
+        "{run}" replaced by the run's id for a join); response_body (the answer intake gives:
+        reason, status "queued", sync_run, joined).
+
+        None, with nothing written, when the statement cannot decide alone: the queued run is a
+        roll back (request() supersedes it), or a concurrent push won the insert race twice. The
+        caller then records the push in a transaction through request_tip()."""
+        repository = delivery.repository
+        joined_prefix, joined_suffix = joined_reason.split("{run}")
+        columns = len(prebuilt.table(cls).attnames)
+        statement = _push_statement(connection.alias, connection.vendor)
+        # The Delivery's values first (the body is the bulk of the work): the run's queued_at is
+        # stamped when the run is built, just before the statement that inserts it.
+        delivery_values = prebuilt.insert_values(delivery, _PUSH_COMPUTED)
+        task_values = prebuilt.insert_values(_new_task_row(), _TASK_COMPUTED)
+        run = cls(
+            repository=repository,
+            trigger=trigger,
+            triggered_by_label=label,
+            branch=repository.tracked_branch,
+            requested_commit=commit,
+        )
+        with connection.cursor() as cursor:
+            for _ in range(2):  # a lost insert race: the winner's run is queued, or taken already
+                cursor.execute(
+                    statement,
+                    [
+                        repository.pk,
+                        *prebuilt.insert_values(run),
+                        Delivery.Verdict.QUEUED,
+                        Delivery.Verdict.JOINED,
+                        delivery.reason,
+                        joined_prefix,
+                        joined_suffix,
+                        *task_values,
+                        *delivery_values,
+                    ],
+                )
+                row = cursor.fetchone()
+                if row is not None:
+                    break
+            else:
+                return None
+        found, is_new, delivery_id = prebuilt.from_row(cls, row), row[columns], row[columns + 1]
+        if delivery_id is None:
+            return None  # a queued roll back
+        delivery.pk = delivery_id
+        delivery._state.adding, delivery._state.db = False, connection.alias
+        delivery.sync_run = found
+        if not is_new:
+            delivery.verdict = Delivery.Verdict.JOINED
+            delivery.reason = f"{joined_prefix}{found.pk}{joined_suffix}"
+        delivery.response_body = {
+            "reason": delivery.reason,
+            "status": "queued",
+            "sync_run": found.pk,
+            "joined": not is_new,
+        }
+        return found
+
     def enqueue(self) -> None:
         """The task row, written in the caller's transaction (a 2xx or a queued run never exists
         without it). On PostgreSQL a NOTIFY, delivered when that transaction commits, wakes a
@@ -853,18 +924,110 @@ def _tip_statements(alias: str, vendor: str) -> tuple[str, str]:
     """SyncRun.request_tip's statements, built once (prebuilt): PostgreSQL's join-or-insert, and
     the queued run of a repository (SQLite's join). Both return the run's columns for
     prebuilt.from_row, the first also whether it inserted."""
+    return (
+        f"WITH {_tip_ctes(alias, vendor)} "  # noqa: S608
+        "SELECT *, false FROM queued UNION ALL SELECT *, true FROM inserted",
+        _queued_run_sql(alias, vendor),
+    )
+
+
+@functools.cache
+def _queued_run_sql(alias: str, vendor: str) -> str:
     runs = prebuilt.table(SyncRun)
     # Names come from _meta; every value is a parameter.
-    queued_run = (
-        f"SELECT {runs.columns} FROM {runs.table} WHERE repository_id = %s AND status = 'queued'"  # noqa: S608
-    )
-    join_or_insert = (
-        f"WITH queued AS ({queued_run} FOR SHARE), "  # noqa: S608
+    return f"SELECT {runs.columns} FROM {runs.table} WHERE repository_id = %s AND status = 'queued'"  # noqa: S608
+
+
+@functools.cache
+def _tip_ctes(alias: str, vendor: str) -> str:
+    """queued (the queued run, share-locked) and inserted (the new run, when none is queued and no
+    concurrent push inserted first). Parameters: the repository id, prebuilt.insert_values(run)."""
+    runs = prebuilt.table(SyncRun)
+    return (
+        f"queued AS ({_queued_run_sql(alias, vendor)} FOR SHARE), "  # noqa: S608
         f"inserted AS ({runs.insert_columns} "
         f"SELECT {', '.join(['%s'] * len(runs.insert_fields))} "
         "WHERE NOT EXISTS (SELECT FROM queued) "
         "ON CONFLICT (repository_id) WHERE status = 'queued' DO NOTHING "
-        f"RETURNING {runs.columns}) "
-        "SELECT *, false FROM queued UNION ALL SELECT *, true FROM inserted"
+        f"RETURNING {runs.columns})"
     )
-    return join_or_insert, queued_run
+
+
+# The Delivery's values that SyncRun.record_push's statement computes from the run it chose.
+_PUSH_COMPUTED = {
+    "sync_run_id": "decided.run_id",
+    "verdict": "decided.verdict",
+    "reason": "decided.reason",
+    # As intake answers a push that queued or joined a run.
+    "response_body": (
+        "jsonb_build_object('reason', decided.reason, 'status', 'queued', "
+        "'sync_run', decided.run_id, 'joined', NOT decided.is_new)"
+    ),
+}
+# The task row's arguments, as django-tasks stores run_sync.enqueue(run id, repository id).
+_TASK_COMPUTED = {
+    "args_kwargs": (
+        "jsonb_build_object('args', jsonb_build_array(decided.run_id, decided.repository_id), "
+        "'kwargs', '{}'::jsonb)"
+    )
+}
+
+
+@functools.cache
+def _push_statement(alias: str, vendor: str) -> str:
+    """SyncRun.record_push's statement (PostgreSQL). Parameters, in order: those of _tip_ctes; the
+    verdicts and reasons of a new run and of a join (the join's reason cut around the run id); the
+    task row's (prebuilt.insert_values without _TASK_COMPUTED); the Delivery's (without
+    _PUSH_COMPUTED). Returns the run's columns, whether it is new, the Delivery's id (NULL when a
+    queued roll back was found: nothing is written then) and how many task rows were inserted."""
+    from django_tasks_db.models import DBTaskResult
+
+    sync_run_id = prebuilt.quoted(SyncRun, "id")
+    repository_id = prebuilt.quoted(SyncRun, "repository")
+    pin_commit = prebuilt.quoted(SyncRun, "pin_commit")
+    delivery_id = prebuilt.table(Delivery).pk_column
+    task_id = prebuilt.table(DBTaskResult).pk_column
+    # Names come from _meta and this module's constants; every value is a parameter.
+    return (
+        f"WITH {_tip_ctes(alias, vendor)}, "  # noqa: S608
+        "chosen AS (SELECT *, false AS is_new FROM queued "
+        "UNION ALL SELECT *, true FROM inserted), "
+        f"decided AS (SELECT {sync_run_id} AS run_id, {repository_id} AS repository_id, "
+        f"{pin_commit} AS pin_commit, is_new, "
+        "CASE WHEN is_new THEN %s::text ELSE %s::text END AS verdict, "
+        f"CASE WHEN is_new THEN %s::text ELSE %s::text || {sync_run_id}::text || %s::text END "
+        "AS reason FROM chosen), "
+        # The task only for a new run; its NOTIFY is delivered when the statement commits.
+        f"task AS ({prebuilt.insert_select(DBTaskResult, _TASK_COMPUTED)} "
+        f"FROM decided WHERE is_new RETURNING {task_id}, pg_notify('{TASKS_CHANNEL}', '')), "
+        f"delivery AS ({prebuilt.insert_select(Delivery, _PUSH_COMPUTED)} "
+        f"FROM decided WHERE NOT pin_commit RETURNING {delivery_id}) "
+        "SELECT chosen.*, (SELECT * FROM delivery), (SELECT count(*) FROM task) FROM chosen"
+    )
+
+
+def _new_task_row() -> Any:
+    """The django-tasks row run_sync.enqueue() would insert, but for its arguments, built as its
+    database backend builds it (validated, the backend's id, pre_save's receivers applied), for
+    SyncRun.record_push's statement. tests/test_ingest.py compares it with enqueue()'s."""
+    from django.db.models.signals import pre_save
+    from django_tasks_db.backend import DatabaseBackend
+    from django_tasks_db.models import DBTaskResult
+
+    from gitdeploy.tasks import run_sync as task
+
+    backend = task.get_backend()
+    if not isinstance(backend, DatabaseBackend):
+        raise TypeError(f"run_sync's backend is {type(backend).__name__}, not django-tasks-db's")
+    backend.validate_task(task)
+    row: DBTaskResult[Any, Any] = DBTaskResult(
+        id=backend._get_id(),  # the backend's configured id function, as its enqueue() uses
+        priority=task.priority,
+        task_path=task.module_path,
+        queue_name=task.queue_name,
+        run_after=task.run_after,  # None: pre_save's receiver sets the backend's marker
+        backend_name=backend.alias,
+    )
+    # django-tasks-db's own receiver turns "no run_after" into its far-future marker.
+    pre_save.send(DBTaskResult, instance=row, raw=False, using=connection.alias, update_fields=None)
+    return row

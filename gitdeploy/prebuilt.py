@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
 from django.db import connection, models
@@ -121,9 +121,25 @@ def insert(instance: models.Model) -> None:
     instance._state.db = connection.alias
 
 
-def insert_values(instance: models.Model) -> list[Any]:
-    """The parameters of table(model).insert_into for a new instance, prepared as save() would."""
+def insert_values(instance: models.Model, computed: Collection[str] = ()) -> list[Any]:
+    """The parameters of table(model).insert_into for a new instance, prepared as save() would;
+    without the fields named in `computed` (attnames), whose values the statement computes
+    (insert_select)."""
     return [
         f.get_db_prep_save(f.pre_save(instance, True), connection)
         for f in table(type(instance)).insert_fields
+        if f.attname not in computed
     ]
+
+
+def insert_select(model: type[models.Model], computed: Mapping[str, str]) -> str:
+    """INSERT INTO table (columns) SELECT ...: a parameter for each column, but for the fields in
+    `computed` (attname -> an SQL expression over the statement's own rows), for an insert whose
+    values partly come from the rest of the statement. Add FROM and its parameters:
+    insert_values(instance, computed)."""
+    spec = table(model)
+    unknown = set(computed) - {f.attname for f in spec.insert_fields}
+    if unknown:
+        raise ValueError(f"{model.__name__} inserts no {', '.join(sorted(unknown))}")
+    values = [computed.get(f.attname, "%s") for f in spec.insert_fields]
+    return f"{spec.insert_columns} SELECT {', '.join(values)}"
