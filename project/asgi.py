@@ -11,13 +11,20 @@ reading past MAX_WEBHOOK_BYTES: the view then answers 413 and records the delive
 under WSGI.
 """
 
+import asyncio
+import contextlib
 import os
+import typing
 
 import django
 from asgiref.sync import sync_to_async
-from django.core.handlers.asgi import ASGIHandler
+from django.core import signals
+from django.core.exceptions import RequestAborted
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.base import BaseHandler
 from django.http import FileResponse
+from django.http.response import HttpResponseBase
+from django.urls import set_script_prefix
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 
@@ -34,10 +41,14 @@ class OneThreadASGIHandler(ASGIHandler):
       middleware's process_request and process_response in a trip from the event loop to that
       thread and back: about fifteen per request, which cost a webhook 3-4 ms of CPU (8.5 ms
       against 4.9 under a synchronous worker). Here the middleware chain is loaded for the
-      synchronous path, as under WSGI, and the whole of it runs in one trip.
+      synchronous path, as under WSGI, and one trip does the request's synchronous work:
+      request_started, building the request, the middleware chain with the view, and for a
+      response held in memory its close() (request_finished), which Django makes two more trips
+      for. A streamed response (a static file) is closed after it is sent, as Django does.
 
     What the asgi worker is for stays: the event loop reads a request's headers and body (slow
-    clients cost memory, not the thread), and only a complete request reaches Django."""
+    clients cost memory, not the thread), and only a complete request reaches Django; a client
+    that disconnects while its request is being handled is noticed as Django notices it."""
 
     def __init__(self) -> None:
         BaseHandler.__init__(self)  # not ASGIHandler's, which loads the async middleware chain
@@ -48,11 +59,67 @@ class OneThreadASGIHandler(ASGIHandler):
             raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
         await self.handle(scope, receive, send)
 
-    async def run_get_response(self, request):
-        response = await sync_to_async(self.get_response, thread_sensitive=True)(request)
-        response._handler_class = self.__class__  # type: ignore[attr-defined]
-        if isinstance(response, FileResponse):
-            response.block_size = self.chunk_size  # as Django's: the server chunks it
+    async def handle(self, scope, receive, send):
+        """ASGIHandler.handle, with one trip to the thread (respond) where Django makes three."""
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        set_script_prefix(get_script_prefix(scope))
+
+        async def process_request():
+            response = await sync_to_async(self.respond, thread_sensitive=True)(scope, body_file)
+            with contextlib.suppress(asyncio.CancelledError):  # the client left while sending
+                await self.send_response(response, send)
+            return response
+
+        # As Django: a disconnect while the request is handled cancels the sending of its answer
+        # (the synchronous work, already on the thread, finishes).
+        tasks = [
+            asyncio.create_task(self.listen_for_disconnect(receive)),
+            asyncio.create_task(process_request()),
+        ]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            if task.done():
+                try:
+                    task.result()
+                except RequestAborted:
+                    pass
+                except AssertionError:
+                    body_file.close()
+                    raise
+            else:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        try:
+            response = tasks[1].result()
+        except asyncio.CancelledError:
+            # Cancelled before respond() returned: it still runs to its end on the thread, and
+            # closes the response it makes unless that is streamed.
+            pass
+        else:
+            if response.streaming:
+                await sync_to_async(response.close, thread_sensitive=True)()
+        body_file.close()
+
+    def respond(self, scope, body_file) -> HttpResponseBase:
+        """A request's synchronous work, on the thread: request_started, the request, the
+        middleware chain and the view; a response held in memory is closed here (its content
+        stays readable), so that request_finished runs in the same trip."""
+        signals.request_started.send(sender=self.__class__, scope=scope)
+        request, error_response = self.create_request(scope, body_file)
+        if request is None:
+            # An undecodable or too large request: create_request answered it.
+            response = typing.cast(HttpResponseBase, error_response)
+        else:
+            response = self.get_response(request)
+            response._handler_class = self.__class__  # type: ignore[attr-defined]
+            if isinstance(response, FileResponse):
+                response.block_size = self.chunk_size  # as Django's: the server chunks it
+        if not response.streaming:
+            response.close()
         return response
 
 
