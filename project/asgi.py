@@ -12,7 +12,6 @@ under WSGI.
 """
 
 import asyncio
-import contextlib
 import os
 import typing
 
@@ -47,8 +46,7 @@ class OneThreadASGIHandler(ASGIHandler):
       for. A streamed response (a static file) is closed after it is sent, as Django does.
 
     What the asgi worker is for stays: the event loop reads a request's headers and body (slow
-    clients cost memory, not the thread), and only a complete request reaches Django; a client
-    that disconnects while its request is being handled is noticed as Django notices it."""
+    clients cost memory, not the thread), and only a complete request reaches Django."""
 
     def __init__(self) -> None:
         BaseHandler.__init__(self)  # not ASGIHandler's, which loads the async middleware chain
@@ -60,49 +58,42 @@ class OneThreadASGIHandler(ASGIHandler):
         await self.handle(scope, receive, send)
 
     async def handle(self, scope, receive, send):
-        """ASGIHandler.handle, with one trip to the thread (respond) where Django makes three."""
+        """ASGIHandler.handle, with one trip to the thread (respond) where Django makes three,
+        and a request read whole always handled to its end.
+
+        Django cancels a request whose client disconnects, and a request still waiting for the
+        thread (behind others) then never runs: a push whose Git host stopped waiting would be
+        lost. Here it is recorded (and deployed) all the same; the answer to a client that left
+        is dropped by the server, and a redelivery of it joins or repeats it. The same if the
+        server cancels this call (gunicorn does, a grace period after the disconnect)."""
         try:
             body_file = await self.read_body(receive)
         except RequestAborted:
             return
         set_script_prefix(get_script_prefix(scope))
-
-        async def process_request():
-            response = await sync_to_async(self.respond, thread_sensitive=True)(scope, body_file)
-            with contextlib.suppress(asyncio.CancelledError):  # the client left while sending
-                await self.send_response(response, send)
-            return response
-
-        # As Django: a disconnect while the request is handled cancels the sending of its answer
-        # (the synchronous work, already on the thread, finishes).
-        tasks = [
-            asyncio.create_task(self.listen_for_disconnect(receive)),
-            asyncio.create_task(process_request()),
-        ]
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in tasks:
-            if task.done():
-                try:
-                    task.result()
-                except RequestAborted:
-                    pass
-                except AssertionError:
-                    body_file.close()
-                    raise
-            else:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        work = asyncio.ensure_future(
+            sync_to_async(self.respond, thread_sensitive=True)(scope, body_file)
+        )
         try:
-            response = tasks[1].result()
+            response = await asyncio.shield(work)
         except asyncio.CancelledError:
-            # Cancelled before respond() returned: it still runs to its end on the thread, and
-            # closes the response it makes unless that is streamed.
-            pass
-        else:
+            finishing = asyncio.ensure_future(self.close_when_done(work, body_file))
+            _finishing.add(finishing)  # a reference until it is done, as asyncio asks
+            finishing.add_done_callback(_finishing.discard)
+            raise
+        try:
+            await self.send_response(response, send)
+        finally:
+            await self.close_when_done(work, body_file)
+
+    async def close_when_done(self, work: asyncio.Future, body_file) -> None:
+        """After respond(): a streamed response is closed (request_finished), and the body."""
+        try:
+            response = await work
             if response.streaming:
                 await sync_to_async(response.close, thread_sensitive=True)()
-        body_file.close()
+        finally:
+            body_file.close()
 
     def respond(self, scope, body_file) -> HttpResponseBase:
         """A request's synchronous work, on the thread: request_started, the request, the
@@ -122,6 +113,9 @@ class OneThreadASGIHandler(ASGIHandler):
             response.close()
         return response
 
+
+# Requests whose call was cancelled while respond() still ran: closed when it is done.
+_finishing: set[asyncio.Future] = set()
 
 django.setup(set_prefix=False)
 django_application = OneThreadASGIHandler()

@@ -7,6 +7,7 @@ the request signals.
 """
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -148,3 +149,102 @@ def test_pages_static_files_and_errors_still_work(make_repository):
     assert status == 404 and b"no repository" in content
     status, _, _ = call(application, "/admin/", method="GET")
     assert status == 302  # to the login page
+
+
+def asgi_scope(path: str, headers) -> dict:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"testserver"), *headers],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
+
+
+def test_a_push_whose_client_leaves_before_the_answer_is_still_recorded(make_repository):
+    """The Git host gave up waiting (its timeout) as the push arrived: Django's own handler
+    cancels such a request, and one still waiting for the thread never ran. Here it is recorded;
+    the answer goes nowhere (the server drops it)."""
+    from project.asgi import application
+
+    repository = make_repository(default_branch="main")
+    body, headers = signed_push("asgi-gone")
+    messages = [
+        {"type": "http.request", "body": body, "more_body": False},
+        {"type": "http.disconnect"},
+    ]
+
+    async def receive():
+        return messages.pop(0)
+
+    async def send(message):
+        pass
+
+    async_to_sync(application)(asgi_scope(f"/hooks/{repository.slug}/", headers), receive, send)
+    assert Delivery.objects.filter(delivery_id="asgi-gone").count() == 1
+    # Through Django's own handler the same request is dropped: what the test above guards.
+    messages[:] = [
+        {"type": "http.request", "body": body, "more_body": False},
+        {"type": "http.disconnect"},
+    ]
+    scope = asgi_scope(f"/hooks/{repository.slug}/", signed_push("asgi-gone-stock")[1])
+    async_to_sync(ASGIHandler())(scope, receive, send)
+    assert not Delivery.objects.filter(delivery_id="asgi-gone-stock").exists()
+
+
+def test_a_push_whose_call_the_server_cancels_is_still_recorded(make_repository, monkeypatch):
+    """gunicorn cancels the call a grace period after the client left: a request already read
+    is still handled to its end (here the view is held until the call was cancelled), and its
+    body closed once it is."""
+    import threading
+
+    import project.asgi
+    from gitdeploy import views
+    from project.asgi import application
+
+    repository = make_repository(default_branch="main")
+    body, headers = signed_push("asgi-cancelled")
+    in_view, release = threading.Event(), threading.Event()
+    receive_delivery = views.receive
+
+    def held_receive(*args, **kwargs):
+        in_view.set()
+        assert release.wait(10)
+        return receive_delivery(*args, **kwargs)
+
+    monkeypatch.setattr(views, "receive", held_receive)
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    sent: list[dict] = []
+
+    async def receive():
+        if messages:
+            return messages.pop(0)
+        await asyncio.Event().wait()  # never disconnects: the server cancels instead
+
+    async def send(message):
+        sent.append(message)
+
+    async def run():
+        call = asyncio.ensure_future(
+            application(asgi_scope(f"/hooks/{repository.slug}/", headers), receive, send)
+        )
+        while not in_view.is_set():
+            await asyncio.sleep(0.01)
+        call.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await call
+        assert call.cancelled() and project.asgi._finishing
+        release.set()
+        while project.asgi._finishing:
+            await asyncio.sleep(0.01)
+
+    async_to_sync(run)()
+    assert Delivery.objects.filter(delivery_id="asgi-cancelled").count() == 1
+    assert not sent
