@@ -52,6 +52,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "bench" / ".cache"
@@ -413,7 +414,31 @@ end
 """
 
 
-def run_wrk(base: Path, port: int, path: str, sha: str, prefix: str) -> dict[str, float]:
+def connections_per_process(port: int, pids: list[int]) -> str:
+    """How wrk's connections are spread over the server's worker processes `pids`, most first
+    ("9/7", "16/0"; "?" without `ss`). gunicorn's workers share one listening socket, and whichever wakes
+    first accepts every connection waiting: keep-alive connections stay where they landed, so one
+    worker may serve all sixteen while the other idles. The figures swing with it (seen here:
+    190/s with 16/0, 360/s with 8/8, same code), hence printed beside them."""
+    try:
+        out = subprocess.run(
+            ["ss", "-Htnp", "state", "established", f"( sport = :{port} )"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+    counts = dict.fromkeys(pids, 0)
+    for pid in re.findall(r"pid=(\d+)", out):
+        if int(pid) in counts:
+            counts[int(pid)] += 1
+    return "/".join(str(n) for n in sorted(counts.values(), reverse=True)) or "?"
+
+
+def run_wrk(
+    base: Path, port: int, path: str, sha: str, prefix: str, pids: list[int] | None = None
+) -> dict[str, Any]:
     body = push_body(sha)
     script = base / f"{prefix}.lua"
     script.write_text(
@@ -425,16 +450,21 @@ def run_wrk(base: Path, port: int, path: str, sha: str, prefix: str) -> dict[str
             "prefix": prefix,
         }
     )
-    out = subprocess.run(
+    wrk = subprocess.Popen(
         ["wrk", "-t2", "-c16", f"-d{WRK_SECONDS}s", "-s", str(script), f"http://127.0.0.1:{port}"],
-        capture_output=True,
+        stdout=subprocess.PIPE,
         text=True,
-        check=True,
-    ).stdout
+    )
+    time.sleep(min(1.0, WRK_SECONDS / 2))
+    spread = connections_per_process(port, pids) if pids else "?"
+    out, _ = wrk.communicate()
+    if wrk.returncode:
+        raise SystemExit(f"wrk failed ({wrk.returncode}):\n{out}")
     codes = {int(s): int(n) for s, n in re.findall(r"^status (\d+) (\d+)$", out, re.M)}
     rate = re.search(r"^Requests/sec:\s+([\d.]+)", out, re.M)
     p50, p99 = (int(re.findall(rf"^p{p}_us (\d+)$", out, re.M)[0]) / 1000 for p in (50, 99))
     return {
+        "spread": spread,
         "rate": float(rate[1]) if rate else 0.0,
         "ok": sum(n for s, n in codes.items() if 200 <= s < 300),
         "other": sum(n for s, n in codes.items() if not 200 <= s < 300),
@@ -602,26 +632,26 @@ def main() -> None:  # noqa: C901 - one story, top to bottom
             say(f"  one request at a time: median {median(one_by_one):.1f} ms")
             settle(SyncRun, repository)
 
-            def ack(workers: int, prefix: str) -> tuple[dict[str, float], float, int]:
+            def ack(workers: int, prefix: str) -> tuple[dict[str, Any], float, int]:
                 """wrk against a fresh gunicorn: the figures, web CPU per answer, rows stored."""
                 nonlocal web
                 processes.stop(web)
                 web = processes.gunicorn("project.asgi:application", workers, port)
                 web_workers = children(web.pid)
                 web_cpu = sum(cpu_seconds(pid) for pid in web_workers)
-                app = run_wrk(base, port, f"/hooks/{SLUG}/", remote.tip(), prefix)
+                app = run_wrk(base, port, f"/hooks/{SLUG}/", remote.tip(), prefix, web_workers)
                 answered = max(1.0, app["ok"] + app["other"])
                 web_cpu = (sum(cpu_seconds(pid) for pid in web_workers) - web_cpu) / answered
                 web_rss.extend(peak_rss_mb(pid) for pid in children(web.pid))
                 rows = Delivery.objects.filter(delivery_id__startswith=f"{prefix}-").count()
                 return app, web_cpu, rows
 
-            def figures(app: dict[str, float], web_cpu: float, rows: int) -> str:
+            def figures(app: dict[str, Any], web_cpu: float, rows: int) -> str:
                 return (
                     f"{app['rate']:.0f}/s p50 {app['p50']:.1f} ms p99 {app['p99']:.1f} ms "
                     f"(2xx {app['ok']:.0f}, other {app['other']:.0f}, rows {rows}, "
                     f"lost {max(0, int(app['ok']) - rows)}; web CPU {web_cpu * 1000:.1f} ms "
-                    "per request)"
+                    f"per request; connections per web worker {app['spread']})"
                 )
 
             for workers in (2, 4):
