@@ -258,3 +258,35 @@ def test_a_task_queued_without_a_notify_is_found_by_the_fallback_poll(
     # The default poll is 30 s: only WORKER_POLL_SECONDS=1 finds it this soon.
     assert (run.started_at - queued).total_seconds() < 10, worker.output()
     assert worker.stop() == 0
+
+
+@postgresql_only
+@pytest.mark.django_db(transaction=True)
+def test_a_connection_past_its_age_is_replaced_after_a_claim_not_before_it(
+    make_repository, monkeypatch
+):
+    """Connecting costs about 5 ms here, as much as the rest of a pick-up: a worker replaces a
+    connection past CONN_MAX_AGE once it has nothing to do, not on its way from a NOTIFY to the
+    claim (with pushes minutes apart, nearly every claim used to reconnect first)."""
+    worker = in_process_worker("refresher")
+    worker.queue_names = [settings.GITDEPLOY_QUEUE]
+    used = []
+    claim = ResilientWorker.claim_in_one_statement
+
+    def recording_claim(self):
+        used.append(connection.connection)
+        return claim(self)
+
+    monkeypatch.setattr(ResilientWorker, "claim_in_one_statement", recording_claim)
+    monkeypatch.setattr(ResilientWorker, "run_task", lambda self, task_result: None)
+    SyncRun.request(make_repository(), trigger=SyncRun.Trigger.CLI)
+    connection.ensure_connection()
+    old = connection.connection
+    connection.close_at = time.monotonic() - 1  # past CONN_MAX_AGE
+
+    assert worker.run_one() is True
+    assert used == [old], "the claim waited for a new connection"
+    assert connection.connection is not None and connection.connection is not old
+    # Nothing to do: the look for work, then nothing more (the new connection is young).
+    assert worker.run_one() is False
+    assert used[-1] is connection.connection
