@@ -416,10 +416,10 @@ end
 
 def connections_per_process(port: int, pids: list[int]) -> str:
     """How wrk's connections are spread over the server's worker processes `pids`, most first
-    ("9/7", "16/0"; "?" without `ss`). gunicorn's workers share one listening socket, and whichever wakes
-    first accepts every connection waiting: keep-alive connections stay where they landed, so one
-    worker may serve all sixteen while the other idles. The figures swing with it (seen here:
-    190/s with 16/0, 360/s with 8/8, same code), hence printed beside them."""
+    ("9/7", "16/0"; "?" without `ss`). gunicorn's workers share one listening socket, and
+    whichever wakes first accepts every connection waiting: keep-alive connections stay where
+    they landed, so one worker may serve all sixteen while the other idles. The figures swing
+    with it (seen here: 190/s with 16/0, 360/s with 8/8, same code), hence printed beside them."""
     try:
         out = subprocess.run(
             ["ss", "-Htnp", "state", "established", f"( sport = :{port} )"],

@@ -611,13 +611,7 @@ class SyncRun(models.Model):
 
         On PostgreSQL the join-or-insert is one statement; SQLite, whose IMMEDIATE transactions
         have one writer at a time, runs a SELECT and, when nothing is queued, an INSERT."""
-        run = cls(
-            repository=repository,
-            trigger=trigger,
-            triggered_by_label=label,
-            branch=repository.tracked_branch,
-            requested_commit=commit,
-        )
+        run = cls.new_tip_run(repository, trigger=trigger, commit=commit, label=label)
         join_or_insert, queued_run = _tip_statements(connection.alias, connection.vendor)
         # savepoint=False: inside receive()'s transaction a savepoint would cost two more queries.
         with transaction.atomic(savepoint=False), connection.cursor() as cursor:
@@ -647,6 +641,20 @@ class SyncRun(models.Model):
         return cls.request(repository, trigger=trigger, commit=commit, label=label)
 
     @classmethod
+    def new_tip_run(
+        cls, repository: Repository, *, trigger: str, commit: str, label: str
+    ) -> SyncRun:
+        """The unsaved run a push asks for (request_tip, record_push): the tracked branch's tip,
+        the pushed commit recorded; queued_at is now."""
+        return cls(
+            repository=repository,
+            trigger=trigger,
+            triggered_by_label=label,
+            branch=repository.tracked_branch,
+            requested_commit=commit,
+        )
+
+    @classmethod
     def record_push(
         cls, delivery: Delivery, *, trigger: str, commit: str, label: str, joined_reason: str
     ) -> SyncRun | None:
@@ -671,13 +679,7 @@ class SyncRun(models.Model):
         # stamped when the run is built, just before the statement that inserts it.
         delivery_values = prebuilt.insert_values(delivery, _PUSH_COMPUTED)
         task_values = prebuilt.insert_values(_new_task_row(), _TASK_COMPUTED)
-        run = cls(
-            repository=repository,
-            trigger=trigger,
-            triggered_by_label=label,
-            branch=repository.tracked_branch,
-            requested_commit=commit,
-        )
+        run = cls.new_tip_run(repository, trigger=trigger, commit=commit, label=label)
         with connection.cursor() as cursor:
             for _ in range(2):  # a lost insert race: the winner's run is queued, or taken already
                 cursor.execute(

@@ -36,11 +36,8 @@ def keep_the_test_connection():
     signals.request_finished.connect(close_old_connections)
 
 
-def call(application, path: str, body: bytes = b"", headers=(), method: str = "POST"):
-    """One request through an ASGI application; returns (status, headers, body)."""
-    done = asyncio.Event()
-    sent: list[dict] = []
-    scope = {
+def asgi_scope(path: str, headers, method: str = "POST") -> dict:
+    return {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
@@ -54,6 +51,13 @@ def call(application, path: str, body: bytes = b"", headers=(), method: str = "P
         "client": ("127.0.0.1", 50000),
         "server": ("testserver", 80),
     }
+
+
+def call(application, path: str, body: bytes = b"", headers=(), method: str = "POST"):
+    """One request through an ASGI application; returns (status, headers, body)."""
+    done = asyncio.Event()
+    sent: list[dict] = []
+    scope = asgi_scope(path, headers, method)
     messages = [{"type": "http.request", "body": body, "more_body": False}]
 
     async def receive():
@@ -149,23 +153,6 @@ def test_pages_static_files_and_errors_still_work(make_repository):
     assert status == 404 and b"no repository" in content
     status, _, _ = call(application, "/admin/", method="GET")
     assert status == 302  # to the login page
-
-
-def asgi_scope(path: str, headers) -> dict:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"testserver"), *headers],
-        "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 80),
-    }
 
 
 def test_a_push_whose_client_leaves_before_the_answer_is_still_recorded(make_repository):
