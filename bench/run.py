@@ -508,6 +508,7 @@ def main() -> None:  # noqa: C901 - one story, top to bottom
 
     django.setup()
     from django.core.management import call_command
+    from django_tasks_db.models import DBTaskResult
 
     from gitdeploy.models import Delivery, Repository, SyncRun
 
@@ -585,10 +586,23 @@ def main() -> None:  # noqa: C901 - one story, top to bottom
                 )
 
             pickups: list[float] = []
+            # The two halves of a pick-up, by the task row's started_at (stamped as the worker
+            # claims the task): queued -> task claimed (the push's statement and commit, the
+            # NOTIFY, the wake-up), task claimed -> run started (the claim's round trip, the
+            # task's bookkeeping, the repository's lock file).
+            halves: list[tuple[float, float]] = []
 
             def gitdeploy_once(sha: str) -> float:
                 run = deploy(sha, f"round-{sha}")
                 pickups.append((run.started_at - run.queued_at).total_seconds() * 1000)
+                task = DBTaskResult.objects.filter(args_kwargs__args__0=run.pk).first()
+                if task is not None and task.started_at is not None:
+                    halves.append(
+                        (
+                            (task.started_at - run.queued_at).total_seconds() * 1000,
+                            (run.started_at - task.started_at).total_seconds() * 1000,
+                        )
+                    )
                 return run.bench_ms  # type: ignore[attr-defined]
 
             systems = {"gitdeploy": gitdeploy_once, "floor": floor_once, "seed": seed_once}
@@ -617,6 +631,11 @@ def main() -> None:  # noqa: C901 - one story, top to bottom
                 f"[pickup] queued -> started: median {median(pickups):.1f} ms, "
                 f"max {max(pickups):.1f} ms"
             )
+            if halves:
+                say(
+                    f"  queued -> task claimed: median {median([h[0] for h in halves]):.1f} ms; "
+                    f"task claimed -> run started: median {median([h[1] for h in halves]):.1f} ms"
+                )
 
         # ---- ack throughput, beside a trivial app on the same gunicorn settings
         if "ack" in SECTIONS:
