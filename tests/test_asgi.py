@@ -156,9 +156,10 @@ def test_pages_static_files_and_errors_still_work(make_repository):
 
 
 def test_a_push_whose_client_leaves_before_the_answer_is_still_recorded(make_repository):
-    """The Git host gave up waiting (its timeout) as the push arrived: Django's own handler
-    cancels such a request, and one still waiting for the thread never ran. Here it is recorded;
-    the answer goes nowhere (the server drops it)."""
+    """The Git host gave up waiting (its timeout) as the push arrived. Django's own handler
+    cancels such a request, and one still waiting for the thread never runs (whether it had
+    started depends on timing, so that side is not asserted). Here it is recorded; the answer goes
+    nowhere (the server drops it)."""
     from project.asgi import application
 
     repository = make_repository(default_branch="main")
@@ -176,14 +177,6 @@ def test_a_push_whose_client_leaves_before_the_answer_is_still_recorded(make_rep
 
     async_to_sync(application)(asgi_scope(f"/hooks/{repository.slug}/", headers), receive, send)
     assert Delivery.objects.filter(delivery_id="asgi-gone").count() == 1
-    # Through Django's own handler the same request is dropped: what the test above guards.
-    messages[:] = [
-        {"type": "http.request", "body": body, "more_body": False},
-        {"type": "http.disconnect"},
-    ]
-    scope = asgi_scope(f"/hooks/{repository.slug}/", signed_push("asgi-gone-stock")[1])
-    async_to_sync(ASGIHandler())(scope, receive, send)
-    assert not Delivery.objects.filter(delivery_id="asgi-gone-stock").exists()
 
 
 def test_a_push_whose_call_the_server_cancels_is_still_recorded(make_repository, monkeypatch):
