@@ -320,21 +320,29 @@ def _record(
                     verdict = Delivery.Verdict.JOINED
                     reason = JOINED_REASON.format(run=run.pk)
         stored_reason = storable(reason, 2000)
-        # What is answered, stored with the row for the delivery page's Response tab (the
-        # answer's "delivery" is the row's own id: Delivery.answer puts it back).
-        answer: dict[str, Any] = {"reason": stored_reason}
-        if run is not None:
-            answer.update(
-                status="duplicate" if redelivery else "queued", sync_run=run.pk, joined=joined
-            )
-        else:
-            answer["status"] = "ignored" if verdict == Delivery.Verdict.IGNORED else "rejected"
         delivery = _new_delivery(
             repository, incoming, inspection, verdict, stored_reason, status_code, redelivery_of
         )
-        delivery.sync_run, delivery.response_body = run, answer
+        delivery.sync_run = run
+        delivery.response_body = answer(delivery, joined=joined, redelivery=redelivery)
         prebuilt.insert(delivery)  # Delivery.objects.create(), without compiling the INSERT
     return Receipt(delivery, run, joined, status_code, delivery.answer)
+
+
+def answer(delivery: Delivery, *, joined: bool = False, redelivery: bool = False) -> dict:
+    """What is answered for a delivery, stored with the row for the delivery page's Response tab
+    (the answer's "delivery" is the row's own id: Delivery.answer puts it back). SyncRun.
+    record_push's statement composes the same for a push that queued or joined a run."""
+    body: dict[str, Any] = {"reason": delivery.reason}
+    if delivery.sync_run is not None:
+        body.update(
+            status="duplicate" if redelivery else "queued",
+            sync_run=delivery.sync_run.pk,
+            joined=joined,
+        )
+    else:
+        body["status"] = "ignored" if delivery.verdict == Delivery.Verdict.IGNORED else "rejected"
+    return body
 
 
 # Why a push joined the queued run; {run} is its id.
@@ -374,16 +382,21 @@ def _record_push_at_once(
         storable(decision.reason, 2000),
         decision.status_code,
     )
-    run = SyncRun.record_push(
+    recorded = SyncRun.record_push(
         delivery,
         trigger=SyncRun.Trigger.WEBHOOK,
         commit=decision.commit,
         label=_pusher_label(envelope, inspection.event),
         joined_reason=JOINED_REASON,
     )
-    if run is None:
+    if recorded is None:
         return None
-    joined = delivery.verdict == Delivery.Verdict.JOINED
+    run, joined = recorded
+    # What the statement stored, set on the instance as _record's transaction sets it.
+    if joined:
+        delivery.verdict = Delivery.Verdict.JOINED
+        delivery.reason = JOINED_REASON.format(run=run.pk)
+    delivery.response_body = answer(delivery, joined=joined)
     return Receipt(delivery, run, joined, delivery.status_code, delivery.answer)
 
 

@@ -657,16 +657,17 @@ class SyncRun(models.Model):
     @classmethod
     def record_push(
         cls, delivery: Delivery, *, trigger: str, commit: str, label: str, joined_reason: str
-    ) -> SyncRun | None:
+    ) -> tuple[SyncRun, bool] | None:
         """request_tip() and the Delivery's insert in one statement (PostgreSQL): join the queued
         run or insert one, with its task row and the NOTIFY that wakes a worker, and insert
         `delivery` on that run. Outside a transaction the statement is its own, committed before
         this returns, with no BEGIN and COMMIT round trips: what a push writes is one round trip.
+        Returns (run, joined), as request_tip() does; `delivery` gets its id and run.
 
-        `delivery` comes complete but for what depends on the run, set on it here as stored:
-        sync_run; verdict (queued, or joined); reason (its own for a new run, `joined_reason` with
-        "{run}" replaced by the run's id for a join); response_body (the answer intake gives:
-        reason, status "queued", sync_run, joined).
+        `delivery` comes complete (verdict queued, its reason, no answer) but for what the
+        statement computes from the run it chose, for a join: the verdict joined, the reason
+        `joined_reason` with "{run}" replaced by the run's id; and for either, the answer
+        (response_body) intake.answer() gives. The caller sets those on the instance, as stored.
 
         None, with nothing written, when the statement cannot decide alone: the queued run is a
         roll back (request() supersedes it), or a concurrent push won the insert race twice. The
@@ -707,16 +708,7 @@ class SyncRun(models.Model):
         delivery.pk = delivery_id
         delivery._state.adding, delivery._state.db = False, connection.alias
         delivery.sync_run = found
-        if not is_new:
-            delivery.verdict = Delivery.Verdict.JOINED
-            delivery.reason = f"{joined_prefix}{found.pk}{joined_suffix}"
-        delivery.response_body = {
-            "reason": delivery.reason,
-            "status": "queued",
-            "sync_run": found.pk,
-            "joined": not is_new,
-        }
-        return found
+        return found, not is_new
 
     def enqueue(self) -> None:
         """The task row, written in the caller's transaction (a 2xx or a queued run never exists
@@ -960,7 +952,7 @@ _PUSH_COMPUTED = {
     "sync_run_id": "decided.run_id",
     "verdict": "decided.verdict",
     "reason": "decided.reason",
-    # As intake answers a push that queued or joined a run.
+    # intake.answer() for a push that queued or joined a run.
     "response_body": (
         "jsonb_build_object('reason', decided.reason, 'status', 'queued', "
         "'sync_run', decided.run_id, 'joined', NOT decided.is_new)"
@@ -1008,26 +1000,37 @@ def _push_statement(alias: str, vendor: str) -> str:
     )
 
 
+@functools.cache
+def _run_sync_backend() -> Any:
+    """run_sync's django-tasks-db backend, the task validated against it as enqueue() does: once
+    per process, not on every push (the task and the settings do not change while it runs)."""
+    from django_tasks_db.backend import DatabaseBackend
+
+    from gitdeploy.tasks import run_sync
+
+    backend = run_sync.get_backend()
+    if not isinstance(backend, DatabaseBackend):
+        raise TypeError(f"run_sync's backend is {type(backend).__name__}, not django-tasks-db's")
+    backend.validate_task(run_sync)
+    return backend
+
+
 def _new_task_row() -> Any:
     """The django-tasks row run_sync.enqueue() would insert, but for its arguments, built as its
-    database backend builds it (validated, the backend's id, pre_save's receivers applied), for
+    database backend builds it (the backend's id, pre_save's receivers applied), for
     SyncRun.record_push's statement. tests/test_ingest.py compares it with enqueue()'s."""
     from django.db.models.signals import pre_save
-    from django_tasks_db.backend import DatabaseBackend
     from django_tasks_db.models import DBTaskResult
 
     from gitdeploy.tasks import run_sync as task
 
-    backend = task.get_backend()
-    if not isinstance(backend, DatabaseBackend):
-        raise TypeError(f"run_sync's backend is {type(backend).__name__}, not django-tasks-db's")
-    backend.validate_task(task)
+    backend = _run_sync_backend()
     row: DBTaskResult[Any, Any] = DBTaskResult(
         id=backend._get_id(),  # the backend's configured id function, as its enqueue() uses
         priority=task.priority,
         task_path=task.module_path,
         queue_name=task.queue_name,
-        run_after=task.run_after,  # None: pre_save's receiver sets the backend's marker
+        run_after=task.run_after,  # type: ignore[misc]  # None: pre_save's receiver's marker
         backend_name=backend.alias,
     )
     # django-tasks-db's own receiver turns "no run_after" into its far-future marker.
