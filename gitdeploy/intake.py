@@ -520,7 +520,7 @@ def _active_run_of_earlier_delivery(repository: Repository, delivery_id: str) ->
         return None
     # On every push, so narrow: one column through the index, and written once (compiling the
     # queryset took a tenth of a webhook's CPU). The run itself is read only for a redelivery.
-    with connection.cursor() as cursor:
+    with prebuilt.cursor() as cursor:
         cursor.execute(
             _active_run_sql(connection.alias, connection.vendor),
             [repository.pk, delivery_id, SyncRun.Status.QUEUED, SyncRun.Status.RUNNING],

@@ -11,18 +11,94 @@ converted exactly as a queryset's are.
 For the hot path only; the rest of the project uses the ORM. What these skip, on purpose: the save
 signals (no gitdeploy model has receivers, and ``tests/test_prebuilt.py`` fails if one appears),
 deferred fields and ``select_related``.
+
+On PostgreSQL, outside a transaction, ``cursor()`` prepares these statements: each is parsed and
+planned once per connection, and its values are sent beside it instead of quoted into it. For the
+push's one statement (a 12 KB text with 65 values) that saved 40 % of its time, in PostgreSQL and in
+the web process (BENCHMARKS.md). A connection pooler that does not keep prepared statements
+(PgBouncer in transaction mode before 1.21, or with max_prepared_statements = 0) fails such a
+statement before it runs; ``cursor()`` then runs it again unprepared and prepares nothing more in
+that process. DB_PREPARED_STATEMENTS=false says so from the start.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
 from django.db import connection, models
 
+logger = logging.getLogger(__name__)
+
 ModelT = TypeVar("ModelT", bound=models.Model)
+
+# Set when a prepared statement failed the way a pooler makes it fail: from then on this process
+# prepares nothing (a statement runs unprepared rather than fail on every other connection).
+_pooler_drops_prepared_statements = False
+
+
+def cursor():
+    """connection.cursor() for the statements built here. On PostgreSQL outside a transaction, one
+    whose statements are prepared on their first run on the connection (psycopg names and keeps
+    them); a statement a pooler lost is run again unprepared. In a transaction it is the plain
+    cursor: a failed statement there cannot be run again."""
+    if connection.vendor != "postgresql" or connection.in_atomic_block:
+        return connection.cursor()
+    connection.close_if_health_check_failed()
+    connection.ensure_connection()
+    # None: psycopg prepares nothing (DB_PREPARED_STATEMENTS=false, or Django's own default).
+    if _pooler_drops_prepared_statements or connection.connection.prepare_threshold is None:
+        return connection.cursor()
+    with connection.wrap_database_errors:
+        # Django's own step from a driver cursor to its wrapper (the debug one when queries are
+        # logged), as connection.cursor() takes it.
+        return connection._prepare_cursor(  # type: ignore[attr-defined]
+            _prepared_cursor_class()(connection.connection)
+        )
+
+
+@functools.cache
+def _prepared_cursor_class() -> Any:
+    import psycopg
+    from django.db.backends.postgresql import base as postgresql
+
+    # Django's psycopg 3 cursor with server-side binding (defined only under psycopg 3).
+    server_binding: Any = postgresql.ServerBindingCursor
+
+    # What a pooler's server connections give back for a statement psycopg prepared on another
+    # one (it does not exist there) or that another client prepared under the same name; both
+    # fail before the statement runs.
+    lost = (psycopg.errors.InvalidSqlStatementName, psycopg.errors.DuplicatePreparedStatement)
+
+    class PreparedCursor(server_binding):
+        def _convert_query(self, query, params=None):
+            # psycopg remembers the query it sent for Django's debug cursor (last_executed_query:
+            # DEBUG's log, CaptureQueriesContext), but not when it runs a prepared one: this does.
+            self._query = converted = super()._convert_query(query, params)
+            return converted
+
+        def execute(self, query, params=None, *, prepare=None, binary=None):
+            global _pooler_drops_prepared_statements
+            if _pooler_drops_prepared_statements:
+                return super().execute(query, params, prepare=False, binary=binary)
+            try:
+                return super().execute(query, params, prepare=True, binary=binary)
+            except lost as exc:
+                if self.connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                    raise
+                _pooler_drops_prepared_statements = True
+                logger.warning(
+                    "a prepared statement was lost between statements (%s): a connection pooler "
+                    "in transaction mode? This process prepares no more statements; set "
+                    "DB_PREPARED_STATEMENTS=false to say so from the start",
+                    exc.sqlstate,
+                )
+                return super().execute(query, params, prepare=False, binary=binary)
+
+    return PreparedCursor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,9 +164,9 @@ def from_row(model: type[ModelT], row: Sequence[Any]) -> ModelT:
 def get(model: type[ModelT], column: str, value: Any) -> ModelT | None:
     """The row whose `column` (unique, indexed) equals `value`: filter(column=value).first()."""
     sql = _select_by(model, connection.alias, connection.vendor, column)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [value])
-        row = cursor.fetchone()
+    with cursor() as statement:
+        statement.execute(sql, [value])
+        row = statement.fetchone()
     return from_row(model, row) if row is not None else None
 
 
@@ -114,9 +190,9 @@ def insert(instance: models.Model) -> None:
     if instance.pk is not None:
         raise ValueError("prebuilt.insert() inserts new rows only")
     spec = table(type(instance))
-    with connection.cursor() as cursor:
-        cursor.execute(f"{spec.insert_into} RETURNING {spec.pk_column}", insert_values(instance))
-        instance.pk = cursor.fetchone()[0]
+    with cursor() as statement:
+        statement.execute(f"{spec.insert_into} RETURNING {spec.pk_column}", insert_values(instance))
+        instance.pk = statement.fetchone()[0]
     instance._state.adding = False
     instance._state.db = connection.alias
 

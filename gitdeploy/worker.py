@@ -827,7 +827,7 @@ class ResilientWorker(Worker):
 
         sql, pick_params = self.claim_statement
         claim: list[Any] = [TaskResultStatus.RUNNING, timezone.now(), json.dumps([self.worker_id])]
-        with connection.cursor() as cursor:
+        with prebuilt.cursor() as cursor:  # prepared: planned once, not at every wake-up
             cursor.execute(sql, [*claim, *pick_params])
             row = cursor.fetchone()
         return prebuilt.from_row(DBTaskResult, row) if row is not None else None

@@ -159,6 +159,12 @@ elif _db["ENGINE"] == "django.db.backends.postgresql":
     _db["CONN_HEALTH_CHECKS"] = False
     _db.setdefault("OPTIONS", {}).setdefault("connect_timeout", env_int("DB_CONNECT_TIMEOUT", 5))
     _db["OPTIONS"].setdefault("application_name", os.environ.get("GITDEPLOY_PROCESS", "gitdeploy"))
+    # gitdeploy.prebuilt prepares the webhook's and the worker's fixed statements. psycopg prepares
+    # a statement when asked, or after this many runs of it; Django's default, None, never. Out of
+    # reach here, so only what prebuilt asks for is prepared. DB_PREPARED_STATEMENTS=false: nothing
+    # (a pooler that does not keep them; prebuilt also notices one and stops).
+    if env_bool("DB_PREPARED_STATEMENTS", True):
+        _db["OPTIONS"].setdefault("prepare_threshold", 2**31 - 1)
     _db.setdefault("TEST", {})["NAME"] = os.environ.get(
         "TEST_DATABASE_NAME", f"test_gitdeploy_{os.getpid()}"
     )
