@@ -213,6 +213,10 @@ _keeper = ConnectionKeeper()
 django.setup(set_prefix=False)
 django_application = OneThreadASGIHandler()
 
+from gitdeploy import intake  # noqa: E402 - needs the apps that django.setup() loads
+
+intake.warm_up()
+
 
 class BodyLimit:
     """Reads at most `limit` + 1 bytes of a request body (nothing when Content-Length already

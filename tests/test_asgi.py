@@ -228,3 +228,32 @@ def test_a_push_whose_call_the_server_cancels_is_still_recorded(make_repository,
     async_to_sync(run)()
     assert Delivery.objects.filter(delivery_id="asgi-cancelled").count() == 1
     assert not sent
+
+
+def test_the_web_process_warms_up_as_it_starts_without_connecting(subprocess_env):
+    """project.asgi loads what the first webhook would (the task and its backend, the hot path's
+    statements: about 90 ms of that webhook's answer), and opens no database connection doing so
+    (it would be the loading thread's, not the views')."""
+    import subprocess
+    import sys
+
+    from tests.conftest import PROJECT_ROOT
+
+    script = (
+        "import sys, project.asgi; from django.db import connections; "
+        "from gitdeploy import models; "
+        "print([c.connection is None for c in connections.all()], "
+        "'gitdeploy.tasks' in sys.modules, models._push_statement.cache_info().currsize, "
+        "models._run_sync_backend.cache_info().currsize)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=PROJECT_ROOT,
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    pushes_in_one_statement = 1 if "postgres" in subprocess_env["DATABASE_URL"] else 0
+    assert result.stdout.split("\n")[0] == f"[True] True {pushes_in_one_statement} 1"
