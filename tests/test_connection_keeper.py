@@ -61,13 +61,15 @@ def test_an_aging_connection_is_replaced_while_the_server_is_idle(
 ):
     repository = make_repository(default_branch="main")
     name = f"web-keeper-{uuid.uuid4().hex[:8]}"
-    env = {**subprocess_env, "CONN_MAX_AGE": "2", "GITDEPLOY_PROCESS": name}
+    # Replaced at 3.8 s of age (REPLACE_EARLY); looked at 5 s after the first push, well before
+    # the new connection's own turn (7.6 s), so a slow machine has a second either way.
+    env = {**subprocess_env, "CONN_MAX_AGE": "4", "GITDEPLOY_PROCESS": name}
     with gunicorn(env, tmp_path / "gunicorn.log", workers=1) as server:
         push(server.port, repository, "d-1")
         (first,) = backends(name)
         # Past the connection's age, and no request meanwhile: replaced all the same (Django
         # alone would keep the old one open until a request closed it, and connect in it).
-        time.sleep(3.0)
+        time.sleep(5.0)
         (second,) = backends(name)
         assert second[0] != first[0], "the connection was not replaced while idle"
         # The next webhook finds it open: no connection is made during the request.
