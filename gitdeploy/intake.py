@@ -629,8 +629,7 @@ def warm_up() -> None:
 
     from gitdeploy import models
 
-    models._run_sync_backend()
-    models._new_task_row()
+    models._new_task_row()  # imports and validates the task (models._run_sync_backend)
     alias, vendor = connection.alias, connection.vendor
     if vendor == "postgresql":
         models._push_statement(alias, vendor)

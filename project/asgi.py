@@ -115,7 +115,8 @@ class OneThreadASGIHandler(ASGIHandler):
                 response.block_size = self.chunk_size  # as Django's: the server chunks it
         if not response.streaming:
             response.close()
-        _keeper.due = connections_due()  # read here, on the thread: no trip of its own
+        if _keeper.enabled:
+            _keeper.due = connections_due()  # read here, on the thread: no trip of its own
         return response
 
 

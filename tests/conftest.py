@@ -1,6 +1,7 @@
 """Shared fixtures: a named cast of repositories and the environment for real subprocesses."""
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +15,18 @@ pytest_plugins = ["tests.gitservers"]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TEST_SECRET = "s3cret-for-tests"
+
+
+def run_python(script: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`python -c script` in the project directory with exactly `env`, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 @pytest.fixture(scope="session")

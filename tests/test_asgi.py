@@ -234,10 +234,7 @@ def test_the_web_process_warms_up_as_it_starts_without_connecting(subprocess_env
     """project.asgi loads what the first webhook would (the task and its backend, the hot path's
     statements: about 90 ms of that webhook's answer), and opens no database connection doing so
     (it would be the loading thread's, not the views')."""
-    import subprocess
-    import sys
-
-    from tests.conftest import PROJECT_ROOT
+    from tests.conftest import run_python
 
     script = (
         "import sys, project.asgi; from django.db import connections; "
@@ -246,14 +243,7 @@ def test_the_web_process_warms_up_as_it_starts_without_connecting(subprocess_env
         "'gitdeploy.tasks' in sys.modules, models._push_statement.cache_info().currsize, "
         "models._run_sync_backend.cache_info().currsize)"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=PROJECT_ROOT,
-        env=subprocess_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_python(script, subprocess_env)
     assert result.returncode == 0, result.stderr
     pushes_in_one_statement = 1 if "postgres" in subprocess_env["DATABASE_URL"] else 0
     assert result.stdout.split("\n")[0] == f"[True] True {pushes_in_one_statement} 1"

@@ -3,6 +3,9 @@ ConnectionKeeper): a persistent connection about to come of age is replaced on a
 no request coming, so the next webhook does not pay for connecting. The real server (gunicorn)
 against the test database; the connections are read from pg_stat_activity."""
 
+import hashlib
+import hmac
+import json
 import time
 import uuid
 
@@ -35,11 +38,8 @@ def backends(application_name: str) -> list[tuple[int, object]]:
         return cursor.fetchall()
 
 
-def push(port: int, repository, delivery: str) -> int:
-    import hashlib
-    import hmac
-    import json
-
+def push(port: int, repository, delivery: str) -> None:
+    """A signed push through the real server, answered 202."""
     body = json.dumps(push_payload(after=uuid.uuid4().hex[:8] * 5)).encode()
     signature = "sha256=" + hmac.new(TEST_SECRET.encode(), body, hashlib.sha256).hexdigest()
     status, _headers, text = post(
@@ -53,7 +53,6 @@ def push(port: int, repository, delivery: str) -> int:
         },
     )
     assert status == 202, text
-    return status
 
 
 def test_an_aging_connection_is_replaced_while_the_server_is_idle(

@@ -151,10 +151,8 @@ def test_db_prepared_statements_sets_psycopgs_threshold(raw, prepares):
     """On: a threshold out of reach (only what prebuilt asks for is prepared). Off: Django's
     None, under which psycopg prepares nothing even when asked."""
     import os
-    import subprocess
-    import sys
 
-    from tests.conftest import PROJECT_ROOT
+    from tests.conftest import run_python
 
     env = {k: v for k, v in os.environ.items() if k != "DB_PREPARED_STATEMENTS"}
     if raw is not None:
@@ -163,13 +161,6 @@ def test_db_prepared_statements_sets_psycopgs_threshold(raw, prepares):
         "import django; django.setup(); from django.db import connection; "
         "print(connection.get_connection_params()['prepare_threshold'])"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=PROJECT_ROOT,
-        env={**env, "DJANGO_SETTINGS_MODULE": "project.settings"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_python(script, {**env, "DJANGO_SETTINGS_MODULE": "project.settings"})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == (str(2**31 - 1) if prepares else "None")

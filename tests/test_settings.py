@@ -8,7 +8,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from project.env import env_bool, env_int
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, run_python
 
 
 def start_django(**env) -> subprocess.CompletedProcess:
@@ -18,14 +18,7 @@ def start_django(**env) -> subprocess.CompletedProcess:
         if key not in {"DJANGO_SETTINGS_MODULE", "SECRET_KEY", "DEBUG"}
     }
     base.update(DJANGO_SETTINGS_MODULE="project.settings", **env)
-    return subprocess.run(
-        [sys.executable, "-c", "import django; django.setup(); print('started')"],
-        cwd=PROJECT_ROOT,
-        env=base,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_python("import django; django.setup(); print('started')", base)
 
 
 @pytest.mark.parametrize(
@@ -176,10 +169,9 @@ print("cookies", settings.SESSION_COOKIE_SECURE, settings.CSRF_COOKIE_SECURE)
 
 
 def test_https_mode_redirects_and_secures_everything_but_the_probes(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-c", HTTPS_PROBE],
-        cwd=PROJECT_ROOT,
-        env={
+    result = run_python(
+        HTTPS_PROBE,
+        {
             **{k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"},
             "DJANGO_SETTINGS_MODULE": "project.settings",
             "SECRET_KEY": "k" * 50,
@@ -187,9 +179,6 @@ def test_https_mode_redirects_and_secures_everything_but_the_probes(tmp_path):
             "ALLOWED_HOSTS": "testserver",
             "DATA_DIR": str(tmp_path),
         },
-        capture_output=True,
-        text=True,
-        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
