@@ -288,9 +288,26 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int, *, with_children: bool = False) -> float:
+    """A process's CPU time; with_children adds its children's that it waited for (the worker's
+    git processes)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = int(fields[11]) + int(fields[12])
+    if with_children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_cpu() -> float:
+    """CPU time of the PostgreSQL server's processes now running (the bench's connections live
+    through a wrk run, so the difference over one is the server's work for it)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "comm").read_text().strip() == "postgres":
+                    total += cpu_seconds(int(entry.name))
+    return total
 
 
 class GitWatcher(threading.Thread):
@@ -652,15 +669,31 @@ def main() -> None:  # noqa: C901 - one story, top to bottom
             settle(SyncRun, repository)
 
             def ack(workers: int, prefix: str) -> tuple[dict[str, Any], float, int]:
-                """wrk against a fresh gunicorn: the figures, web CPU per answer, rows stored."""
+                """wrk against a fresh gunicorn: the figures, web CPU per answer, rows stored;
+                where the cores went (app["cores"])."""
                 nonlocal web
                 processes.stop(web)
                 web = processes.gunicorn("project.asgi:application", workers, port)
                 web_workers = children(web.pid)
+                first_run = SyncRun.objects.order_by("-pk").values_list("pk", flat=True).first()
                 web_cpu = sum(cpu_seconds(pid) for pid in web_workers)
+                worker_cpu = cpu_seconds(worker.pid, with_children=True)
+                database_cpu = postgres_cpu()
                 app = run_wrk(base, port, f"/hooks/{SLUG}/", remote.tip(), prefix, web_workers)
                 answered = max(1.0, app["ok"] + app["other"])
-                web_cpu = (sum(cpu_seconds(pid) for pid in web_workers) - web_cpu) / answered
+                worker_cpu = cpu_seconds(worker.pid, with_children=True) - worker_cpu
+                database_cpu = postgres_cpu() - database_cpu
+                web_total = sum(cpu_seconds(pid) for pid in web_workers) - web_cpu
+                web_cpu = web_total / answered
+                syncs = SyncRun.objects.filter(
+                    pk__gt=first_run or 0, started_at__isnull=False
+                ).count()
+                app["cores"] = (
+                    f"cores used over the run: web {web_total / WRK_SECONDS:.2f}, PostgreSQL "
+                    f"{database_cpu / WRK_SECONDS:.2f} ({database_cpu * 1000 / answered:.1f} ms "
+                    f"per request), worker with git {worker_cpu / WRK_SECONDS:.2f} "
+                    f"({syncs} syncs)"
+                )
                 web_rss.extend(peak_rss_mb(pid) for pid in children(web.pid))
                 rows = Delivery.objects.filter(delivery_id__startswith=f"{prefix}-").count()
                 return app, web_cpu, rows
@@ -685,6 +718,7 @@ def main() -> None:  # noqa: C901 - one story, top to bottom
                     f"  {workers} workers: gitdeploy {figures(*measured)} | trivial app "
                     f"{plain['rate']:.0f}/s p50 {plain['p50']:.1f} ms p99 {plain['p99']:.1f} ms"
                 )
+                say(f"    {measured[0]['cores']}")
             # The same with the worker stopped (SIGSTOP, well within its lease): nothing syncs and
             # every push joins the one queued run. What the web alone answers on this machine,
             # without git checking out 20,000 files on the same two cores after every claim.
@@ -695,6 +729,7 @@ def main() -> None:  # noqa: C901 - one story, top to bottom
             finally:
                 os.kill(worker.pid, signal.SIGCONT)
             say(f"  2 workers, the worker stopped (nothing syncing): {figures(*measured)}")
+            say(f"    {measured[0]['cores']}")
             settled = settle(SyncRun, repository)
             say(
                 f"  afterwards: HEAD at the tip {current_head(target) == remote.tip()}, "
