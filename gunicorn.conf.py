@@ -2,8 +2,9 @@
 command line is written here and nowhere else. gunicorn reads ./gunicorn.conf.py from its working
 directory, so plain `gunicorn` in the project directory starts the service.
 
-- The `asgi` worker class serving project.asgi: requests are read on an event loop, so slow or
-  stalled clients cost memory, not workers (project/asgi.py says why, and caps the body).
+- gunicorn's `asgi` worker class serving project.asgi: requests are read on an event loop, so
+  slow or stalled clients cost memory, not workers (project/asgi.py says why, and caps the body);
+  gitdeploy.gunicorn_worker's subclass of it, which shares connections fairly between workers.
 - WEB_BIND (default 127.0.0.1:8880), WEB_CONCURRENCY (2 processes), WEB_TIMEOUT (30 s) from the
   environment at start, never baked into the image.
 - X-Forwarded-* is trusted only from FORWARDED_ALLOW_IPS (default: loopback); the compose stack
@@ -17,7 +18,7 @@ import os
 from gitdeploy.gunicorn_conf import child_exit, logger_class, on_starting  # noqa: F401
 
 wsgi_app = "project.asgi:application"
-worker_class = "asgi"
+worker_class = "gitdeploy.gunicorn_worker.FairASGIWorker"
 bind = [os.environ.get("WEB_BIND", "127.0.0.1:8880")]
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 accesslog = "-"

@@ -11,14 +11,17 @@ reading past MAX_WEBHOOK_BYTES: the view then answers 413 and records the delive
 under WSGI.
 """
 
+from __future__ import annotations
+
 import asyncio
 import contextlib
+import contextvars
 import os
 import time
 import typing
+from concurrent.futures import ThreadPoolExecutor
 
 import django
-from asgiref.sync import sync_to_async
 from django.core import signals
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
@@ -28,17 +31,23 @@ from django.http import FileResponse
 from django.http.response import HttpResponseBase
 from django.urls import set_script_prefix
 
+from gitdeploy.gunicorn_worker import views_backlog
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 
 
-class OneThreadASGIHandler(ASGIHandler):
-    """Django's ASGI handler, with the synchronous work of a request done in one step on one thread.
+class LanesASGIHandler(ASGIHandler):
+    """Django's ASGI handler, with the synchronous work of a request done in one step on one of a
+    few long-lived threads (lanes).
 
-    - One thread: Django's handler runs each request's synchronous code in a thread of its own (a
+    - Lanes: Django's handler runs each request's synchronous code in a thread of its own (a
       ThreadSensitiveContext per request), and database connections belong to a thread: every
-      request opened a new connection (a webhook took 37 ms instead of 10). Without that context
-      all of a process's synchronous code runs on asgiref's one shared thread, so the connection
-      persists (CONN_MAX_AGE) as under a synchronous worker.
+      request opened a new connection (a webhook took 37 ms instead of 10). Here a process has
+      WEB_THREADS lanes, each a thread that keeps its own connection (CONN_MAX_AGE) as under a
+      synchronous worker. A request goes to the lane with the fewest requests, the first on a tie,
+      so that with requests one at a time one connection serves them all; with several at once,
+      one lane's database round trips overlap another's Python (one lane answered at most 330
+      webhooks a second here, waiting on PostgreSQL for a third of each).
     - One step: every view and middleware here is synchronous, and Django's async path wraps each
       middleware's process_request and process_response in a trip from the event loop to that
       thread and back: about fifteen per request, which cost a webhook 3-4 ms of CPU (8.5 ms
@@ -74,33 +83,33 @@ class OneThreadASGIHandler(ASGIHandler):
         except RequestAborted:
             return
         set_script_prefix(get_script_prefix(scope))
-        work = asyncio.ensure_future(
-            sync_to_async(self.respond, thread_sensitive=True)(scope, body_file)
-        )
+        lane = min(_lanes, key=Lane.load)
+        work = lane.run(self.respond, scope, body_file, lane)
         try:
             response = await asyncio.shield(work)
         except asyncio.CancelledError:
-            finishing = asyncio.ensure_future(self.close_when_done(work, body_file))
+            finishing = asyncio.ensure_future(self.close_when_done(work, body_file, lane))
             _finishing.add(finishing)  # a reference until it is done, as asyncio asks
             finishing.add_done_callback(_finishing.discard)
             raise
         try:
             await self.send_response(response, send)
         finally:
-            await self.close_when_done(work, body_file)
-            _keeper.after_response()
+            await self.close_when_done(work, body_file, lane)
+            lane.keeper.after_response()
 
-    async def close_when_done(self, work: asyncio.Future, body_file) -> None:
-        """After respond(): a streamed response is closed (request_finished), and the body."""
+    async def close_when_done(self, work: asyncio.Future, body_file, lane: Lane) -> None:
+        """After respond(): a streamed response is closed (request_finished) on its lane, and
+        the body."""
         try:
             response = await work
             if response.streaming:
-                await sync_to_async(response.close, thread_sensitive=True)()
+                await lane.run(response.close)
         finally:
             body_file.close()
 
-    def respond(self, scope, body_file) -> HttpResponseBase:
-        """A request's synchronous work, on the thread: request_started, the request, the
+    def respond(self, scope, body_file, lane: Lane) -> HttpResponseBase:
+        """A request's synchronous work, on its lane: request_started, the request, the
         middleware chain and the view; a response held in memory is closed here (its content
         stays readable), so that request_finished runs in the same trip."""
         signals.request_started.send(sender=self.__class__, scope=scope)
@@ -115,8 +124,8 @@ class OneThreadASGIHandler(ASGIHandler):
                 response.block_size = self.chunk_size  # as Django's: the server chunks it
         if not response.streaming:
             response.close()
-        if _keeper.enabled:
-            _keeper.due = connections_due()  # read here, on the thread: no trip of its own
+        if lane.keeper.enabled:
+            lane.keeper.due = connections_due()  # read here, on the thread: no trip of its own
         return response
 
 
@@ -124,21 +133,52 @@ class OneThreadASGIHandler(ASGIHandler):
 _finishing: set[asyncio.Future] = set()
 
 
+class Lane:
+    """A thread of its own for requests' synchronous work, with the database connections Django
+    opens on it, and a ConnectionKeeper for them."""
+
+    def __init__(self, name: str) -> None:
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix=name)
+        self.waiting = 0  # requests given to it and not finished
+        self.keeper = ConnectionKeeper(self)
+
+    def load(self) -> int:
+        return self.waiting
+
+    def run(self, function, *args) -> asyncio.Future:
+        """function(*args) on this lane's thread, in a copy of the caller's context (the script
+        prefix, as asgiref's sync_to_async carries it). Counted while it waits or runs: a worker
+        with a backlog leaves new connections to the others (gitdeploy.gunicorn_worker)."""
+        context = contextvars.copy_context()
+        work = asyncio.get_running_loop().run_in_executor(
+            self.executor, context.run, function, *args
+        )
+        self.waiting += 1
+        views_backlog.enter()
+        work.add_done_callback(self._done)
+        return work
+
+    def _done(self, _work: asyncio.Future) -> None:
+        self.waiting -= 1
+        views_backlog.leave()
+
+
 class ConnectionKeeper:
-    """Connects to the database between requests, not during one.
+    """Connects to the database between requests, not during one (a lane's connections).
 
     Django closes a persistent connection (CONN_MAX_AGE, 60 s) at the first request past its age,
     and that request connects anew: about 5 ms here, on a webhook answered in 10. Pushes come
     minutes apart, so nearly every webhook paid it. Here a connection about to come of age is
-    replaced on a timer, on the thread the views use (connections belong to a thread), whether
-    requests come or not: an idle web process reconnects once per CONN_MAX_AGE. A connection a
+    replaced on a timer, on the lane's thread (connections belong to a thread), whether requests
+    come or not: an idle lane that has connected reconnects once per CONN_MAX_AGE. A connection a
     request closed, or one the database refused, is left to the next request, as before.
 
     Off when no database keeps connections (CONN_MAX_AGE 0, as for SQLite, or None)."""
 
-    def __init__(self) -> None:
+    def __init__(self, lane: Lane) -> None:
         from django.conf import settings
 
+        self.lane = lane
         self.enabled = any(db.get("CONN_MAX_AGE") for db in settings.DATABASES.values())
         # When the next open connection is to be replaced (time.monotonic()), as respond() or a
         # refresh left it: None when none is open.
@@ -158,9 +198,7 @@ class ConnectionKeeper:
 
     def _refresh(self) -> None:
         self.timer = None
-        self.refreshing = asyncio.ensure_future(
-            sync_to_async(refresh_connections, thread_sensitive=True)()
-        )
+        self.refreshing = self.lane.run(refresh_connections)
         self.refreshing.add_done_callback(self._refreshed)
 
     def _refreshed(self, refreshing: asyncio.Future) -> None:
@@ -177,8 +215,8 @@ REPLACE_EARLY = 0.05
 
 
 def _persistent_connections():
-    """This thread's open connections that Django closes by age (CONN_MAX_AGE above 0), outside
-    a transaction (a test's)."""
+    """This thread's (a lane's) open connections that Django closes by age (CONN_MAX_AGE above
+    0), outside a transaction (a test's)."""
     for connection in connections.all(initialized_only=True):
         max_age = connection.settings_dict.get("CONN_MAX_AGE")
         if not max_age or connection.connection is None or connection.close_at is None:
@@ -199,7 +237,7 @@ def connections_due() -> float | None:
 
 
 def refresh_connections() -> float | None:
-    """On the views' thread: each persistent connection about to come of age is opened anew.
+    """On a lane's thread: each persistent connection about to come of age is opened anew.
     Returns connections_due() after."""
     for connection, max_age in list(_persistent_connections()):
         if time.monotonic() >= connection.close_at - max_age * REPLACE_EARLY:
@@ -209,10 +247,27 @@ def refresh_connections() -> float | None:
     return connections_due()
 
 
-_keeper = ConnectionKeeper()
-
 django.setup(set_prefix=False)
-django_application = OneThreadASGIHandler()
+
+
+def _lane_count() -> int:
+    from django.conf import settings
+
+    return settings.WEB_THREADS
+
+
+_lanes = [Lane(f"views-{number}") for number in range(_lane_count())]
+
+
+def close_lane_connections() -> None:
+    """Closes the lanes' database connections, each on its own thread (a test's teardown)."""
+    for lane in _lanes:
+        lane.executor.submit(connections.close_all).result()
+
+
+# A worker is busy (accepts fewer connections) once a request waits for a lane.
+views_backlog.busy_at = len(_lanes) + 1
+django_application = LanesASGIHandler()
 
 from gitdeploy import intake  # noqa: E402 - needs the apps that django.setup() loads
 

@@ -1,9 +1,12 @@
 """project.asgi, called as gunicorn's asgi worker calls it (an ASGI scope, receive and send).
 
 The handler reads the request on the event loop and does the request's synchronous work (every
-middleware and the view) in one trip to one thread, as a synchronous worker would; Django's stock
-ASGI handler made about fifteen trips per request, one per middleware method, and two more for
-the request signals.
+middleware and the view) in one trip to one of its lanes (threads with their own database
+connections), as a synchronous worker would; Django's stock ASGI handler made about fifteen trips
+per request, one per middleware method, and two more for the request signals.
+
+The views run on the lanes' threads, with connections of their own: the tests' data is committed
+(transaction=True), and the lanes' connections are closed after each test.
 """
 
 import asyncio
@@ -15,25 +18,21 @@ import json
 import pytest
 from asgiref import sync as asgiref_sync
 from asgiref.sync import async_to_sync
-from django.core import signals
 from django.core.handlers.asgi import ASGIHandler
-from django.db import close_old_connections
 
 from gitdeploy.models import Delivery
 from tests.conftest import TEST_SECRET
 from tests.test_webhook import push_payload
 
-pytestmark = pytest.mark.django_db
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture(autouse=True)
-def keep_the_test_connection():
-    """As Django's test client does: the request signals must not close the test's connection."""
-    signals.request_started.disconnect(close_old_connections)
-    signals.request_finished.disconnect(close_old_connections)
+def close_the_lanes_connections():
     yield
-    signals.request_started.connect(close_old_connections)
-    signals.request_finished.connect(close_old_connections)
+    from project.asgi import close_lane_connections
+
+    close_lane_connections()
 
 
 def asgi_scope(path: str, headers, method: str = "POST") -> dict:
@@ -95,15 +94,24 @@ def signed_push(delivery: str):
 
 @pytest.fixture
 def trips(monkeypatch):
-    """Counts the trips from the event loop to a thread (asgiref's sync_to_async calls)."""
+    """Counts the trips from the event loop to a thread: asgiref's sync_to_async calls (Django's
+    handler) and the lanes' runs (project.asgi's)."""
+    from project.asgi import Lane
+
     count = {"n": 0}
     original = asgiref_sync.SyncToAsync.__call__
+    original_run = Lane.run
 
     async def counted(self, *args, **kwargs):
         count["n"] += 1
         return await original(self, *args, **kwargs)
 
+    def counted_run(self, *args):
+        count["n"] += 1
+        return original_run(self, *args)
+
     monkeypatch.setattr(asgiref_sync.SyncToAsync, "__call__", counted)
+    monkeypatch.setattr(Lane, "run", counted_run)
     return count
 
 
