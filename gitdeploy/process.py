@@ -272,6 +272,14 @@ class _ExitWatch:
             self.pidfd = -1
 
 
+def lower(pid: int, niceness: int) -> None:
+    """Lowers process pid's scheduling priority by niceness below this process's (19 at most). A
+    process that has already ended, or a system that refuses, leaves it as it is."""
+    with contextlib.suppress(OSError):
+        target = min(19, os.getpriority(os.PRIO_PROCESS, 0) + niceness)
+        os.setpriority(os.PRIO_PROCESS, pid, target)
+
+
 def run(
     argv: list[str],
     *,
@@ -283,10 +291,17 @@ def run(
     output_cap: int = OUTPUT_CAP,
     record: GroupRecord | None = None,
     what: str = "",
+    niceness: int = 0,
 ) -> Completed:
     """Runs argv in a new session with stdin closed, keeps the last output_cap bytes of its output,
     calls heartbeat about every HEARTBEAT_EVERY seconds while waiting, and kills the whole group
     past timeout (timed_out=True) or when heartbeat raises (the exception propagates).
+
+    niceness: how much lower than this process's the command's scheduling priority is (its
+    children inherit it). Set from here once the command is started, which costs one system call
+    where a preexec_fn would make Python fork the worker's whole memory instead of vfork. A
+    command run with a record is set before its gate opens, so before it runs at all (the sync's
+    git and post-deploy command); one without may run its first microseconds at this priority.
 
     With a record (the caller holds the repository's lock), the command's group is written down
     before it starts and struck off once it has ended, so that the lock's next holder can end it
@@ -317,6 +332,8 @@ def run(
     finally:
         if gate >= 0:
             os.close(stdin)
+    if niceness:
+        lower(proc.pid, niceness)
     if record is not None:
         try:
             record.write(proc.pid, marker, what)

@@ -104,6 +104,10 @@ class SyncSpec:
     post_deploy_timeout: float = 600
     post_deploy_env: Mapping[str, str] = field(default_factory=dict)
     git_timeout: float = 600
+    # How much lower than the worker's git's and the post-deploy command's scheduling priority is:
+    # on a busy machine the web answers the Git host's webhooks (which time out) before a deploy
+    # (which a later push joins) gets the CPU. It costs nothing on an idle one.
+    niceness: int = 0
     token: str = ""
     ssh_key_file: str = ""
     ssh_known_hosts_file: str = ""
@@ -674,7 +678,7 @@ class _Session:
         # whatever repository the worker happens to run in.
         result = process.run(
             argv, cwd="/", env=env, timeout=self.spec.git_timeout, heartbeat=self.beat,
-            record=self.record, what=f"git {_subcommand(args)}",
+            record=self.record, what=f"git {_subcommand(args)}", niceness=self.spec.niceness,
         )  # fmt: skip
         stderr = result.stderr.decode("utf-8", "replace").strip()
         if result.timed_out:
@@ -935,6 +939,7 @@ class _Session:
             merge_output=True,
             record=self.record,
             what="the post-deploy command",
+            niceness=spec.niceness,
         )
         if result.dropped:
             self.say(

@@ -133,6 +133,7 @@ def spec_for(run: SyncRun, secrets: tuple[str, ...] = ()) -> sync.SyncSpec:
             "GITDEPLOY_RUN_ID": str(run.pk),
         },
         git_timeout=settings.GIT_TIMEOUT,
+        niceness=settings.SYNC_NICENESS,
         token=settings.GIT_TOKEN if from_env else "",
         ssh_key_file=repository.ssh_key_file,
         ssh_known_hosts_file=settings.GIT_SSH_KNOWN_HOSTS_FILE,

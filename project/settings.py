@@ -254,6 +254,9 @@ GIT_DEPTH = env_int("GIT_DEPTH", 0)
 GIT_FILTER = os.environ.get("GIT_FILTER", "")
 CLEAN_UNTRACKED = env_bool("CLEAN_UNTRACKED", False)
 GIT_TIMEOUT = env_float("GIT_TIMEOUT", 600.0, minimum=1)
+# How much lower than the worker's git's and the post-deploy command's CPU priority is (nice): on
+# a busy machine the web answers webhooks first, which Git hosts time out after 10 s. 0: the same.
+SYNC_NICENESS = env_int("SYNC_NICENESS", 10, minimum=0)
 SYNC_RETRIES = env_int("SYNC_RETRIES", 3)
 SYNC_RETRY_BACKOFF = env_float("SYNC_RETRY_BACKOFF", 5.0)
 # Only processes that run git need the token. docker/secrets/ is mounted into the worker alone

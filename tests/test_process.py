@@ -142,3 +142,28 @@ def test_without_pidfd_it_falls_back_to_popens_wait(monkeypatch):
 
     assert (result.returncode, result.stdout) == (0, b"done\n")
     assert len(beats) >= 2  # still heartbeats while it waits
+
+
+def expected_niceness(lower_by: int) -> int:
+    return min(19, os.getpriority(os.PRIO_PROCESS, 0) + lower_by)
+
+
+@pytest.mark.parametrize("recorded", [False, True], ids=["plain", "behind-the-gate"])
+def test_niceness_lowers_the_command_and_what_it_starts(tmp_path, recorded):
+    """The command, and a process it starts, run that much lower than this one (git's own
+    children: upload-pack, ssh, a build tool's workers). With a record, it is set before the
+    command runs at all."""
+    record = process.GroupRecord(str(tmp_path / "lock.command")) if recorded else None
+    # Without a record the command starts before its priority is set, microseconds before: the
+    # sleep keeps that moment out of what is observed.
+    result = run(f"{'' if recorded else 'sleep 0.5; '}nice; sh -c nice", niceness=7, record=record)
+    assert result.stdout.decode().split() == [str(expected_niceness(7))] * 2
+    assert run("nice").stdout.decode().split() == [str(expected_niceness(0))]
+
+
+def test_niceness_stops_at_nineteen():
+    assert run("sleep 0.5; nice", niceness=40).stdout.decode().split() == ["19"]
+
+
+def test_a_command_that_has_already_ended_is_no_error():
+    process.lower(2**22 + 12345, 5)  # no such process: nothing to lower

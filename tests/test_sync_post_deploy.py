@@ -145,3 +145,33 @@ def test_secrets_in_the_output_are_redacted(remote, http_server, tmp_path):
     )
     assert HTTP_PASSWORD not in result.log
     assert "leaked *** https://example.com/" in result.log
+
+
+def test_git_and_the_command_run_at_a_lower_priority(remote, tmp_path, monkeypatch):
+    """SyncSpec.niceness (the worker's SYNC_NICENESS): on a busy machine the web answers the Git
+    host before a deploy gets the CPU. Every git command is lowered (observed as it is set), and
+    the command reports its own niceness."""
+    from gitdeploy import process
+
+    lowered = []
+    real_lower = process.lower
+
+    def observed(pid, niceness):
+        lowered.append(niceness)
+        real_lower(pid, niceness)
+
+    monkeypatch.setattr(process, "lower", observed)
+    result = deploy(remote.url, tmp_path / "site", niceness=6, post_deploy_command="nice")
+    expected = min(19, os.getpriority(os.PRIO_PROCESS, 0) + 6)
+    assert f"\n{expected}\n" in f"\n{result.log}\n"
+    git_commands = result.log.count("\n$ git ") + result.log.startswith("$ git ")
+    assert git_commands >= 2 and lowered == [6] * len(lowered)
+    assert len(lowered) >= git_commands + 1  # the quiet ones too, and the command
+
+
+def test_without_niceness_nothing_is_lowered(remote, tmp_path, monkeypatch):
+    from gitdeploy import process
+
+    monkeypatch.setattr(process, "lower", lambda pid, niceness: pytest.fail("lowered"))
+    result = deploy(remote.url, tmp_path / "site", post_deploy_command="nice")
+    assert f"\n{os.getpriority(os.PRIO_PROCESS, 0)}\n" in f"\n{result.log}\n"
