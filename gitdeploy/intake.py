@@ -10,9 +10,10 @@ The path of a delivery, each step in one place:
     intake.receive        one transaction: the default branch learned from the payload, the
                           redelivery look-up, SyncRun.request (queue or join), the Delivery row;
                           returns a Receipt (delivery, run, joined, HTTP status, JSON body).
-                          On PostgreSQL a plain push (nothing to learn, not a redelivery) is
-                          the redelivery look-up and one statement, SyncRun.record_push: its
-                          own transaction, without BEGIN and COMMIT round trips
+                          On PostgreSQL a plain push (nothing to learn, not a redelivery of a
+                          pending run) is one statement, SyncRun.record_push, with the
+                          redelivery look-up in it: its own transaction, without BEGIN and
+                          COMMIT round trips
 
 The view renders the Receipt and decides nothing. The answer is only sent after the transaction
 committed, so a 2xx never claims more than the database holds.
@@ -364,15 +365,13 @@ def _default_branch_to_learn(repository: Repository, inspection: Inspection) -> 
 def _record_push_at_once(
     repository: Repository, incoming: IncomingWebhook, inspection: Inspection, decision: Decision
 ) -> Receipt | None:
-    """A push on PostgreSQL with nothing else to write: the redelivery look-up, then the run's
+    """A push on PostgreSQL with nothing else to write: the redelivery look-up, the run's
     join-or-insert, its task and the Delivery in one statement that is its own transaction
-    (SyncRun.record_push): two round trips where a transaction takes five, and the share lock a
+    (SyncRun.record_push): one round trip where a transaction takes six, and the share lock a
     join takes on the queued run is held for one statement. None when _record's transaction is
     needed instead (SQLite, a redelivery of a pending run, a queued roll back)."""
     envelope = inspection.envelope
     if connection.vendor != "postgresql":
-        return None
-    if _active_run_of_earlier_delivery(repository, envelope.delivery_id) is not None:
         return None
     delivery = _new_delivery(
         repository,

@@ -284,12 +284,15 @@ class Delivery(models.Model):
         UNSIGNED_ALLOWED = "unsigned", "not signed (allowed)"
         NOT_CHECKED = "not_checked", "not checked"
 
-    repository = models.ForeignKey(Repository, on_delete=models.CASCADE, related_name="deliveries")
+    # No index of its own: the composite indexes below lead with it (every push writes each index).
+    repository = models.ForeignKey(
+        Repository, on_delete=models.CASCADE, related_name="deliveries", db_index=False
+    )
     received_at = models.DateTimeField(default=timezone.now, db_index=True)
     remote_addr = models.GenericIPAddressField(null=True, blank=True)
     provider = models.CharField(max_length=20, blank=True)
     event = models.CharField(max_length=100, blank=True)
-    delivery_id = models.CharField(max_length=200, blank=True, db_index=True)
+    delivery_id = models.CharField(max_length=200, blank=True)
     # A signed GitLab delivery's webhook-id (Standard Webhooks), refused when reused (intake).
     webhook_id = models.CharField(max_length=200, blank=True)
     content_type = models.CharField(max_length=200, blank=True)
@@ -333,7 +336,15 @@ class Delivery(models.Model):
         verbose_name_plural = "deliveries"
         indexes = [
             models.Index(fields=["repository", "delivery_id"]),
-            models.Index(fields=["repository", "webhook_id"]),
+            # The admin's search by a Git host's delivery id, in every repository. Declared here
+            # rather than with db_index, which on PostgreSQL adds a LIKE twin no query uses.
+            models.Index(fields=["delivery_id"], name="gitdeploy_delivery_id_only"),
+            # Only signed GitLab deliveries have a webhook-id (the replay check's look-up).
+            models.Index(
+                fields=["repository", "webhook_id"],
+                condition=~models.Q(webhook_id=""),
+                name="gitdeploy_delivery_webhook_id",
+            ),
             # Counting a source's rejected deliveries in the current minute (intake's flood limit).
             models.Index(fields=["repository", "remote_addr", "received_at"]),
         ]
@@ -669,9 +680,10 @@ class SyncRun(models.Model):
         `joined_reason` with "{run}" replaced by the run's id; and for either, the answer
         (response_body) intake.answer() gives. The caller sets those on the instance, as stored.
 
-        None, with nothing written, when the statement cannot decide alone: the queued run is a
-        roll back (request() supersedes it), or a concurrent push won the insert race twice. The
-        caller then records the push in a transaction through request_tip()."""
+        None, with nothing written, when the statement cannot decide alone: the push redelivers
+        one (the same Git host delivery id) whose run is still pending, the queued run is a roll
+        back (request() supersedes it), or a concurrent push won the insert race twice. The caller
+        then records the push in a transaction."""
         repository = delivery.repository
         joined_prefix, joined_suffix = joined_reason.split("{run}")
         columns = len(prebuilt.table(cls).attnames)
@@ -687,6 +699,11 @@ class SyncRun(models.Model):
                     statement,
                     [
                         repository.pk,
+                        delivery.delivery_id,
+                        delivery.delivery_id,
+                        SyncRun.Status.QUEUED,
+                        SyncRun.Status.RUNNING,
+                        repository.pk,
                         *prebuilt.insert_values(run),
                         Delivery.Verdict.QUEUED,
                         Delivery.Verdict.JOINED,
@@ -698,7 +715,9 @@ class SyncRun(models.Model):
                     ],
                 )
                 row = cursor.fetchone()
-                if row is not None:
+                if row[-1]:
+                    return None  # a redelivery of a pending run
+                if row[0] is not None:
                     break
             else:
                 return None
@@ -933,15 +952,16 @@ def _queued_run_sql(alias: str, vendor: str) -> str:
 
 
 @functools.cache
-def _tip_ctes(alias: str, vendor: str) -> str:
+def _tip_ctes(alias: str, vendor: str, unless: str = "") -> str:
     """queued (the queued run, share-locked) and inserted (the new run, when none is queued and no
-    concurrent push inserted first). Parameters: the repository id, prebuilt.insert_values(run)."""
+    concurrent push inserted first, nor `unless` holds). Parameters: the repository id,
+    prebuilt.insert_values(run)."""
     runs = prebuilt.table(SyncRun)
     return (
         f"queued AS ({_queued_run_sql(alias, vendor)} FOR SHARE), "  # noqa: S608
         f"inserted AS ({runs.insert_columns} "
         f"SELECT {', '.join(['%s'] * len(runs.insert_fields))} "
-        "WHERE NOT EXISTS (SELECT FROM queued) "
+        f"WHERE NOT EXISTS (SELECT FROM queued){unless} "
         "ON CONFLICT (repository_id) WHERE status = 'queued' DO NOTHING "
         f"RETURNING {runs.columns})"
     )
@@ -969,11 +989,14 @@ _TASK_COMPUTED = {
 
 @functools.cache
 def _push_statement(alias: str, vendor: str) -> str:
-    """SyncRun.record_push's statement (PostgreSQL). Parameters, in order: those of _tip_ctes; the
-    verdicts and reasons of a new run and of a join (the join's reason cut around the run id); the
-    task row's (prebuilt.insert_values without _TASK_COMPUTED); the Delivery's (without
-    _PUSH_COMPUTED). Returns the run's columns, whether it is new, the Delivery's id (NULL when a
-    queued roll back was found: nothing is written then) and how many task rows were inserted."""
+    """SyncRun.record_push's statement (PostgreSQL). Parameters, in order: the redelivery check's
+    (the repository id, the Git host's delivery id twice, the queued and running statuses); those
+    of _tip_ctes; the verdicts and reasons of a new run and of a join (the join's reason cut around
+    the run id); the task row's (prebuilt.insert_values without _TASK_COMPUTED); the Delivery's
+    (without _PUSH_COMPUTED). Returns one row: the run's columns, whether it is new, the
+    Delivery's id (NULL when a queued roll back was found: nothing is written then), how many task
+    rows were inserted, and whether the push redelivers one whose run is still pending (nothing
+    chosen nor written then); the run's columns are NULL when a concurrent push won the insert."""
     from django_tasks_db.models import DBTaskResult
 
     sync_run_id = prebuilt.quoted(SyncRun, "id")
@@ -981,10 +1004,19 @@ def _push_statement(alias: str, vendor: str) -> str:
     pin_commit = prebuilt.quoted(SyncRun, "pin_commit")
     delivery_id = prebuilt.table(Delivery).pk_column
     task_id = prebuilt.table(DBTaskResult).pk_column
+    deliveries, runs = prebuilt.table(Delivery).table, prebuilt.table(SyncRun).table
+    delivery_run = prebuilt.quoted(Delivery, "sync_run")
     # Names come from _meta and this module's constants; every value is a parameter.
     return (
-        f"WITH {_tip_ctes(alias, vendor)}, "  # noqa: S608
-        "chosen AS (SELECT *, false AS is_new FROM queued "
+        # A redelivery (the same Git host delivery id) of a push whose run is still pending: the
+        # statement writes nothing, and intake records it in a transaction (it joins that run).
+        f"WITH earlier AS (SELECT FROM {deliveries} INNER JOIN {runs} "  # noqa: S608
+        f"ON {deliveries}.{delivery_run} = {runs}.{sync_run_id} "
+        f"WHERE {deliveries}.{prebuilt.quoted(Delivery, 'repository')} = %s "
+        f"AND {deliveries}.{prebuilt.quoted(Delivery, 'delivery_id')} = %s AND %s::text <> '' "
+        f"AND {runs}.{prebuilt.quoted(SyncRun, 'status')} IN (%s, %s) LIMIT 1), "
+        f"{_tip_ctes(alias, vendor, ' AND NOT EXISTS (SELECT FROM earlier)')}, "
+        "chosen AS (SELECT *, false AS is_new FROM queued WHERE NOT EXISTS (SELECT FROM earlier) "
         "UNION ALL SELECT *, true FROM inserted), "
         f"decided AS (SELECT {sync_run_id} AS run_id, {repository_id} AS repository_id, "
         f"{pin_commit} AS pin_commit, is_new, "
@@ -996,7 +1028,9 @@ def _push_statement(alias: str, vendor: str) -> str:
         f"FROM decided WHERE is_new RETURNING {task_id}, pg_notify('{TASKS_CHANNEL}', '')), "
         f"delivery AS ({prebuilt.insert_select(Delivery, _PUSH_COMPUTED)} "
         f"FROM decided WHERE NOT pin_commit RETURNING {delivery_id}) "
-        "SELECT chosen.*, (SELECT * FROM delivery), (SELECT count(*) FROM task) FROM chosen"
+        "SELECT chosen.*, (SELECT * FROM delivery), (SELECT count(*) FROM task), "
+        "flags.redelivery FROM (SELECT EXISTS (SELECT FROM earlier) AS redelivery) AS flags "
+        "LEFT JOIN chosen ON true"
     )
 
 

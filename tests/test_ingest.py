@@ -39,10 +39,10 @@ def test_a_joining_push_costs_at_most_four_queries(client, make_repository):
     second, joined_queries = push(client, repository, "b", "d-2")
     assert (first["joined"], second["joined"]) == (False, True)
     if connection.vendor == "postgresql":
-        # The repository, the redelivery check, and one statement for the rest: the join or the
+        # The repository, and one statement for the rest: the redelivery check, the join or the
         # insert, with the task row and the NOTIFY for a new run, and the Delivery.
-        assert len(joined_queries) == 3, "\n".join(joined_queries)
-        assert len(queued_queries) == 3, "\n".join(queued_queries)
+        assert len(joined_queries) == 2, "\n".join(joined_queries)
+        assert len(queued_queries) == 2, "\n".join(queued_queries)
     else:
         # The repository, the redelivery check, the queued run, the Delivery; queuing adds the
         # insert in a savepoint and the task row.
@@ -339,3 +339,35 @@ def test_an_ignored_push_is_one_insert_without_a_transaction(client, make_reposi
     delivery = Delivery.objects.get()
     assert delivery.verdict == Delivery.Verdict.IGNORED
     assert delivery.answer == response.json()
+
+
+def test_a_redelivery_of_a_pending_run_is_found_in_the_statement_and_joins_it(
+    client, make_repository
+):
+    """The push's one statement looks for an earlier delivery with the same Git host delivery id
+    whose run is pending: it writes nothing then, and the push is recorded in a transaction
+    that joins that run (the same answer as before the look-up moved into the statement)."""
+    from django_tasks_db.models import DBTaskResult
+
+    repository = make_repository(default_branch="main")
+    first, _ = push(client, repository, "a", "same-id")
+    SyncRun.objects.update(status=SyncRun.Status.RUNNING, worker_id="w")
+    with CaptureQueriesContext(connection) as queries:
+        again = signed_github(client, repository, push_payload(after="a" * 40), delivery="same-id")
+    assert again.status_code == 200, again.content
+    assert again.json()["status"] == "duplicate"
+    assert again.json()["sync_run"] == first["sync_run"]
+    assert SyncRun.objects.count() == 1
+    assert DBTaskResult.objects.count() == 1, "no task for a run that was not inserted"
+    assert Delivery.objects.filter(verdict=Delivery.Verdict.JOINED).count() == 1
+    control = [q["sql"] for q in queries.captured_queries if q["sql"].split()[0] == "BEGIN"]
+    assert len(control) == 1, "recorded in _record's transaction"
+
+
+def test_pushes_without_a_delivery_id_are_never_taken_for_redeliveries(client, make_repository):
+    repository = make_repository(default_branch="main")
+    first, _ = push(client, repository, "a", "")
+    SyncRun.objects.update(status=SyncRun.Status.RUNNING, worker_id="w")
+    second, _ = push(client, repository, "b", "")
+    assert second["status"] == "queued" and second["joined"] is False
+    assert second["sync_run"] != first["sync_run"]
