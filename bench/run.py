@@ -678,10 +678,12 @@ def main() -> None:  # noqa: C901 - one story, top to bottom
                 first_run = SyncRun.objects.order_by("-pk").values_list("pk", flat=True).first()
                 web_cpu = sum(cpu_seconds(pid) for pid in web_workers)
                 worker_cpu = cpu_seconds(worker.pid, with_children=True)
+                worker_own = cpu_seconds(worker.pid)
                 database_cpu = postgres_cpu()
                 app = run_wrk(base, port, f"/hooks/{SLUG}/", remote.tip(), prefix, web_workers)
                 answered = max(1.0, app["ok"] + app["other"])
                 worker_cpu = cpu_seconds(worker.pid, with_children=True) - worker_cpu
+                worker_own = cpu_seconds(worker.pid) - worker_own
                 database_cpu = postgres_cpu() - database_cpu
                 web_total = sum(cpu_seconds(pid) for pid in web_workers) - web_cpu
                 web_cpu = web_total / answered
@@ -692,7 +694,7 @@ def main() -> None:  # noqa: C901 - one story, top to bottom
                     f"cores used over the run: web {web_total / WRK_SECONDS:.2f}, PostgreSQL "
                     f"{database_cpu / WRK_SECONDS:.2f} ({database_cpu * 1000 / answered:.1f} ms "
                     f"per request), worker with git {worker_cpu / WRK_SECONDS:.2f} "
-                    f"({syncs} syncs)"
+                    f"(its own Python {worker_own / WRK_SECONDS:.2f}; {syncs} syncs)"
                 )
                 web_rss.extend(peak_rss_mb(pid) for pid in children(web.pid))
                 rows = Delivery.objects.filter(delivery_id__startswith=f"{prefix}-").count()
