@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -48,24 +49,47 @@ def connect(port: int, count: int) -> list[socket.socket]:
     return clients
 
 
+def run_scenario(scenario) -> None:
+    """Runs the coroutine function on an event loop of its own, in a thread of its own: the test's
+    thread may run one already (the browser tests' Playwright does, for the session). What it
+    raised is raised here."""
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(scenario())
+        except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive(), "the scenario did not finish"
+    if outcome:
+        raise outcome[0]
+
+
 def test_one_connection_is_accepted_per_wake_up(listener):
     clients = connect(listener.getsockname()[1], 3)
-    loop = asyncio.new_event_loop()
-    try:
-        acceptor = FairAcceptor(loop, Recorder, listener)
+
+    async def scenario():
+        acceptor = FairAcceptor(asyncio.get_running_loop(), Recorder, listener)
+        acceptor.pause()  # the calls below stand for the loop's: no await between them
         acceptor.accept_one()  # what the loop calls when the socket is readable
         assert len(acceptor.connecting) == 1, "asyncio's server would have taken all three"
         acceptor.accept_one()
         acceptor.accept_one()
         acceptor.accept_one()  # nothing left: not an error
-        loop.run_until_complete(acceptor.wait_closed())
+        await acceptor.wait_closed()
         assert len(Recorder.made) == 3
         acceptor.close()
         for protocol in Recorder.made:
             protocol.transport.close()
-        loop.run_until_complete(asyncio.sleep(0))
+        await asyncio.sleep(0)
+
+    try:
+        run_scenario(scenario)
     finally:
-        loop.close()
         for client in clients:
             client.close()
 
@@ -103,7 +127,7 @@ def test_a_busy_worker_accepts_one_connection_per_interval(listener, monkeypatch
         for client in clients + more:
             client.close()
 
-    asyncio.run(scenario())
+    run_scenario(scenario)
 
 
 def test_out_of_file_descriptors_pauses_and_retries(listener, monkeypatch):
@@ -138,7 +162,7 @@ def test_out_of_file_descriptors_pauses_and_retries(listener, monkeypatch):
         Recorder.made[0].transport.close()
         clients[0].close()
 
-    asyncio.run(scenario())
+    run_scenario(scenario)
 
 
 def _socket_owners(pids: list[int]) -> dict[int, set[int]]:
