@@ -105,9 +105,10 @@ def local_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-def lock_path(repository: Repository) -> Path:
-    # Keyed by primary key: a slug can be renamed in the admin while a sync runs.
-    return Path(settings.LOCK_DIR) / f"repository-{repository.pk}.lock"
+def lock_path(repository_id: int) -> Path:
+    # Keyed by primary key: a slug can be renamed in the admin while a sync runs. An id, not a
+    # Repository: building a model instance on the way to a pick-up cost more than the path.
+    return Path(settings.LOCK_DIR) / f"repository-{repository_id}.lock"
 
 
 def spec_for(run: SyncRun, secrets: tuple[str, ...] = ()) -> sync.SyncSpec:
@@ -213,8 +214,7 @@ def execute_run(run_id: int, *, worker_id: str, repository_id: int | None = None
     # run_after (a retry's backoff) is honoured by django-tasks, which does not hand the task out
     # earlier; `manage.py sync` runs it now on purpose.
 
-    path = lock_path(Repository(pk=repository_id))
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = lock_path(repository_id)  # repository_lock creates its directory
     # One sync at a time per repository across processes: the OS lock (released by the kernel if
     # this process dies) plus the database's one-running-run constraint.
     with sync.repository_lock(str(path)) as held:
