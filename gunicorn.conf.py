@@ -19,6 +19,9 @@ from gitdeploy.gunicorn_conf import child_exit, logger_class, on_starting  # noq
 
 wsgi_app = "project.asgi:application"
 worker_class = "gitdeploy.gunicorn_worker.FairASGIWorker"
+# The stdlib's loop, which that worker's acceptor serves; gunicorn would pick uvloop were it
+# installed, whose loop takes no acceptor of ours.
+asgi_loop = "asyncio"
 bind = [os.environ.get("WEB_BIND", "127.0.0.1:8880")]
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 accesslog = "-"
