@@ -83,25 +83,21 @@ class FairAcceptor:
         self.loop, self.protocol_factory, self.sock, self.ssl = loop, protocol_factory, sock, ssl
         self.sock.setblocking(False)
         self.reading = self.closed = False
-        # The next accept while busy, or after running out of descriptors.
-        self.retry: asyncio.TimerHandle | None = None
+        # The next accept while busy, or after running out of descriptors (backing_off).
+        self.later: asyncio.TimerHandle | None = None
+        self.backing_off = False
         self.connecting: set[asyncio.Task] = set()
         views_backlog.listeners.append(self.resume)
         self.resume()
 
     def resume(self) -> None:
-        """Accepts on every wake-up (views_backlog not busy), or one per BUSY_ACCEPT_EVERY."""
-        if self.reading or self.closed:
+        """Accepts on every wake-up, or one per BUSY_ACCEPT_EVERY while views_backlog is busy."""
+        if self.reading or self.closed or self.backing_off:
             return
         if views_backlog.busy:
-            if self.retry is None:
-                self.retry = self.loop.call_later(BUSY_ACCEPT_EVERY, self._accept_while_busy)
+            self._accept_in(BUSY_ACCEPT_EVERY)
             return
-        if self.retry is not None:
-            if self.retry.when() - self.loop.time() > BUSY_ACCEPT_EVERY:
-                return  # out of descriptors: wait for it
-            self.retry.cancel()
-            self.retry = None
+        self._cancel_later()
         self.loop.add_reader(self.sock.fileno(), self.accept_one)
         self.reading = True
 
@@ -112,13 +108,28 @@ class FairAcceptor:
 
     def accept_one(self) -> None:
         if views_backlog.busy:
-            # Busy: no more per wake-up, but one per BUSY_ACCEPT_EVERY (resumed at once when a
-            # request leaves the threads).
+            # No more per wake-up (resumed at once when a request leaves the threads).
             self.pause()
-            if self.retry is None:
-                self.retry = self.loop.call_later(BUSY_ACCEPT_EVERY, self._accept_while_busy)
+            self.resume()
             return
         self._accept()
+
+    def _accept_in(self, delay: float) -> None:
+        if self.later is None:
+            self.later = self.loop.call_later(delay, self._accept_later)
+
+    def _cancel_later(self) -> None:
+        if self.later is not None:
+            self.later.cancel()
+            self.later = None
+
+    def _accept_later(self) -> None:
+        self.later, self.backing_off = None, False
+        if self.closed:
+            return
+        if views_backlog.busy:
+            self._accept()
+        self.resume()
 
     def _accept(self) -> None:
         try:
@@ -130,9 +141,9 @@ class FairAcceptor:
                 raise
             logger.warning("Cannot accept a connection (%s); retrying shortly", exc)
             self.pause()
-            if self.retry is not None:
-                self.retry.cancel()
-            self.retry = self.loop.call_later(RETRY_ACCEPT_AFTER, self._retry)
+            self._cancel_later()
+            self.backing_off = True
+            self._accept_in(RETRY_ACCEPT_AFTER)
             return
         conn.setblocking(False)
         task = self.loop.create_task(
@@ -146,31 +157,11 @@ class FairAcceptor:
         if not task.cancelled() and task.exception() is not None:
             logger.warning("A connection failed as it was set up: %s", task.exception())
 
-    def _accept_while_busy(self) -> None:
-        self.retry = None
-        if self.closed:
-            return
-        if not views_backlog.busy:
-            self.resume()
-            return
-        self._accept()
-        if self.retry is None:
-            self.retry = self.loop.call_later(BUSY_ACCEPT_EVERY, self._accept_while_busy)
-
-    def _retry(self) -> None:
-        self.retry = None
-        if not views_backlog.busy:
-            self.resume()
-        elif not self.closed:
-            self._accept_while_busy()
-
     def close(self) -> None:
         """Stops accepting; connections already accepted are gunicorn's to finish."""
         self.closed = True
         self.pause()
-        if self.retry is not None:
-            self.retry.cancel()
-            self.retry = None
+        self._cancel_later()
         if self.resume in views_backlog.listeners:
             views_backlog.listeners.remove(self.resume)
 

@@ -22,6 +22,7 @@ import typing
 from concurrent.futures import ThreadPoolExecutor
 
 import django
+from django.conf import settings
 from django.core import signals
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
@@ -83,7 +84,7 @@ class LanesASGIHandler(ASGIHandler):
         except RequestAborted:
             return
         set_script_prefix(get_script_prefix(scope))
-        lane = min(_lanes, key=Lane.load)
+        lane = min(_lanes, key=lambda lane: lane.waiting)
         work = lane.run(self.respond, scope, body_file, lane)
         try:
             response = await asyncio.shield(work)
@@ -142,9 +143,6 @@ class Lane:
         self.waiting = 0  # requests given to it and not finished
         self.keeper = ConnectionKeeper(self)
 
-    def load(self) -> int:
-        return self.waiting
-
     def run(self, function, *args) -> asyncio.Future:
         """function(*args) on this lane's thread, in a copy of the caller's context (the script
         prefix, as asgiref's sync_to_async carries it). Counted while it waits or runs: a worker
@@ -176,8 +174,6 @@ class ConnectionKeeper:
     Off when no database keeps connections (CONN_MAX_AGE 0, as for SQLite, or None)."""
 
     def __init__(self, lane: Lane) -> None:
-        from django.conf import settings
-
         self.lane = lane
         self.enabled = any(db.get("CONN_MAX_AGE") for db in settings.DATABASES.values())
         # When the next open connection is to be replaced (time.monotonic()), as respond() or a
@@ -250,13 +246,7 @@ def refresh_connections() -> float | None:
 django.setup(set_prefix=False)
 
 
-def _lane_count() -> int:
-    from django.conf import settings
-
-    return settings.WEB_THREADS
-
-
-_lanes = [Lane(f"views-{number}") for number in range(_lane_count())]
+_lanes = [Lane(f"views-{number}") for number in range(settings.WEB_THREADS)]
 
 
 def close_lane_connections() -> None:
@@ -316,10 +306,4 @@ class BodyLimit:
         return await self.app(scope, capped_receive, send)
 
 
-def _limit() -> int:
-    from django.conf import settings
-
-    return settings.MAX_WEBHOOK_BYTES
-
-
-application = BodyLimit(django_application, _limit())
+application = BodyLimit(django_application, settings.MAX_WEBHOOK_BYTES)

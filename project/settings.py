@@ -172,8 +172,8 @@ elif _db["ENGINE"] == "django.db.backends.postgresql":
 # Threads per web process that run requests' views, each with its own database connection
 # (project.asgi's lanes): with two, one request's database round trips overlap another's Python.
 # One on SQLite, which takes one writer at a time.
-WEB_THREADS = max(
-    1, env_int("WEB_THREADS", 1 if _db["ENGINE"] == "django.db.backends.sqlite3" else 2)
+WEB_THREADS = env_int(
+    "WEB_THREADS", 1 if _db["ENGINE"] == "django.db.backends.sqlite3" else 2, minimum=1
 )
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
