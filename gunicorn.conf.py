@@ -9,13 +9,19 @@ directory, so plain `gunicorn` in the project directory starts the service.
   environment at start, never baked into the image.
 - X-Forwarded-* is trusted only from FORWARDED_ALLOW_IPS (default: loopback); the compose stack
   sets it for its caddy proxy.
-- gitdeploy.gunicorn_conf's hooks: JSON access and error logs with LOG_FORMAT=json, and the web's
-  Prometheus directory (emptied at start, dead workers marked).
+- gitdeploy.gunicorn_conf's hooks: JSON access and error logs with LOG_FORMAT=json, the web's
+  Prometheus directory (emptied at start, dead workers marked), and what a worker loaded at start
+  kept out of the garbage collector's full scans.
 """
 
 import os
 
-from gitdeploy.gunicorn_conf import child_exit, logger_class, on_starting  # noqa: F401
+from gitdeploy.gunicorn_conf import (  # noqa: F401
+    child_exit,
+    logger_class,
+    on_starting,
+    post_worker_init,
+)
 
 wsgi_app = "project.asgi:application"
 worker_class = "gitdeploy.gunicorn_worker.FairASGIWorker"

@@ -171,6 +171,10 @@ def test_gunicorn_writes_json_access_and_application_lines(
     assert refusal["verdict"] == "rejected" and refusal["status"] == 401
     assert refusal["level"] == "WARNING" and "signature does not match" in refusal["message"]
     assert any(d["logger"] == "gunicorn.error" for d in documents)
+    # post_worker_init froze what the worker loaded (Django and the project: tens of thousands
+    # of objects) out of the garbage collector's full scans.
+    (frozen,) = [d["message"] for d in documents if d["message"].startswith("froze ")]
+    assert int(frozen.split()[1]) > 10_000, frozen
     assert TEST_SECRET not in log_path.read_text()
 
 
