@@ -28,6 +28,7 @@ import socket
 import threading
 import time
 import traceback
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -633,59 +634,68 @@ class WorkerMonitor(threading.Thread):
 class Waker:
     """LISTEN on PostgreSQL: SyncRun.enqueue NOTIFYs when its transaction commits, so an idle
     worker starts a queued run within milliseconds instead of at its next poll, and polls rarely.
-    Its own connection (autocommit), outside Django's, reopened after the database came back."""
+
+    It listens on the worker's own database connection (Django's, autocommit), the one it claims
+    on: one connection per worker rather than two, and no second set of connection settings to
+    keep in step. A new connection (the database restarted, CONN_MAX_AGE) listens again at the
+    next wait. (Tried for speed too: the claim then reaches the server process that has just
+    delivered the notification, but pick-up did not move measurably, BENCHMARKS.md.)"""
 
     def __init__(self) -> None:
-        self.connection: psycopg.Connection | None = None
+        # The psycopg connection LISTEN was sent on; Django replaces it when it reconnects.
+        self.listening_on: weakref.ref[psycopg.Connection] | None = None
 
     @staticmethod
     def available() -> bool:
         return connections["default"].vendor == "postgresql"
 
-    def _connect(self) -> psycopg.Connection:
-        db = settings.DATABASES["default"]
-        params = {
-            "dbname": db.get("NAME") or "",
-            "user": db.get("USER") or "",
-            "password": db.get("PASSWORD") or "",
-            "host": db.get("HOST") or "",
-            "port": str(db.get("PORT") or ""),
-            "connect_timeout": db.get("OPTIONS", {}).get("connect_timeout", 5),
-            "application_name": "gitdeploy-worker-listen",
-        }
-        connection = psycopg.connect(
-            autocommit=True, **{key: value for key, value in params.items() if value != ""}
-        )
-        connection.execute(f"LISTEN {TASKS_CHANNEL}")
-        return connection
+    def _listening(self) -> psycopg.Connection | None:
+        """Django's connection, listening; None when LISTEN has just been sent on it."""
+        if connection.connection is not None and connection.connection.closed:
+            connection.close()  # dropped under Django (the database restarted): reconnect
+        connection.ensure_connection()
+        raw = connection.connection
+        if self.listening_on is not None and self.listening_on() is raw:
+            return raw
+        with connection.cursor() as cursor:
+            cursor.execute(f"LISTEN {TASKS_CHANNEL}")
+        self.listening_on = weakref.ref(raw)
+        return None
 
     def wait(self, timeout: float, running=lambda: True) -> bool:
         """Blocks until a NOTIFY, the timeout, or running() turning false (checked twice a
         second: a stop request must not wait for the poll); True when woken. Never raises:
-        without the listening connection it sleeps, and polling covers the gap.
+        without the connection it sleeps, and polling covers the gap.
 
-        Also True at once when it has just (re)connected: a NOTIFY sent while nobody listened is
-        lost, so the caller looks for ready tasks now rather than at the next poll."""
+        Also True at once when it has just started listening: a NOTIFY sent while nobody listened
+        is lost, so the caller looks for ready tasks now rather than at the next poll. And True at
+        once for the notifications that arrived while the worker was busy (psycopg keeps them):
+        one wake-up for all of them, not one claim per push that queued a run meanwhile."""
         deadline = time.monotonic() + timeout
         try:
-            if self.connection is None or self.connection.closed:
-                self.connection = self._connect()
+            raw = self._listening()
+            if raw is None:
+                return True
+            if sum(1 for _notify in raw.notifies(timeout=0)):
                 return True
             while running() and (left := deadline - time.monotonic()) > 0:
-                for _notify in self.connection.notifies(timeout=min(left, 0.5), stop_after=1):
+                for _notify in raw.notifies(timeout=min(left, 0.5), stop_after=1):
                     return True
             return False
-        except psycopg.Error as exc:
-            logger.debug("listen connection lost (%s); polling", exc.__class__.__name__)
-            self.close()
+        except (psycopg.Error, *DATABASE_DOWN) as exc:
+            logger.debug("listening connection lost (%s); polling", exc.__class__.__name__)
+            self.listening_on = None
+            close_connections()  # the next query reconnects, and the next wait listens again
             time.sleep(min(timeout, 1.0))
             return False
 
     def close(self) -> None:
-        if self.connection is not None:
-            with contextlib.suppress(Exception):
-                self.connection.close()
-            self.connection = None
+        """Stops listening; the connection stays Django's (psycopg would otherwise keep every
+        notification for a notifies() call that never comes)."""
+        raw, self.listening_on = self.listening_on and self.listening_on(), None
+        if raw is not None and raw is connection.connection and not raw.closed:
+            with contextlib.suppress(Exception), connection.cursor() as cursor:
+                cursor.execute(f"UNLISTEN {TASKS_CHANNEL}")
 
 
 class ResilientWorker(Worker):

@@ -87,8 +87,54 @@ def test_the_waker_polls_once_after_connecting_then_sleeps_until_a_notify():
             cursor.execute(f"NOTIFY {TASKS_CHANNEL}")
         assert waker.wait(30) is True
         # Its connection dropped (the database restarted): it reconnects and says so.
-        waker.connection.close()
+        connection.connection.close()
         assert waker.wait(5) is True
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_listening_channels()")
+            assert cursor.fetchall() == [(TASKS_CHANNEL,)], "listening again"
+    finally:
+        waker.close()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_listening_channels()")
+        assert cursor.fetchall() == [], "close() stops listening"
+
+
+@postgresql_only
+@pytest.mark.django_db(transaction=True)
+def test_the_waker_listens_on_the_connection_that_claims(make_repository):
+    """The claim after a wake-up goes to the server process that delivered the notification: the
+    worker's own connection listens, not a second one."""
+    worker = in_process_worker("listener")
+    worker.queue_names = [settings.GITDEPLOY_QUEUE]
+    waker = Waker()
+    try:
+        assert waker.wait(5) is True
+        listener = connection.connection.info.backend_pid
+        run, _ = SyncRun.request(make_repository(), trigger=SyncRun.Trigger.CLI)
+        assert waker.wait(30) is True
+        claimed = worker.claim_in_one_statement()
+        assert claimed is not None and claimed.args_kwargs["args"][0] == run.pk
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid(), pg_listening_channels()")
+            assert cursor.fetchall() == [(listener, TASKS_CHANNEL)]
+    finally:
+        waker.close()
+
+
+@postgresql_only
+@pytest.mark.django_db(transaction=True)
+def test_notifications_that_arrived_while_busy_wake_the_waker_once():
+    waker = Waker()
+    try:
+        assert waker.wait(5) is True
+        # The worker was syncing while five pushes queued runs: psycopg kept their notifications.
+        with connection.cursor() as cursor:
+            for _ in range(5):
+                cursor.execute(f"NOTIFY {TASKS_CHANNEL}")
+        assert waker.wait(5) is True
+        began = time.monotonic()
+        assert waker.wait(0.3) is False, "one wake-up for all five"
+        assert time.monotonic() - began >= 0.3
     finally:
         waker.close()
 
