@@ -336,3 +336,22 @@ def test_a_connection_past_its_age_is_replaced_after_a_claim_not_before_it(
     # Nothing to do: the look for work, then nothing more (the new connection is young).
     assert worker.run_one() is False
     assert used[-1] is connection.connection
+
+
+@postgresql_only
+@pytest.mark.django_db(transaction=True)
+def test_a_listening_worker_keeps_its_connection_past_its_age(make_repository, monkeypatch):
+    """The connection a Waker listens on is not replaced at CONN_MAX_AGE: a new one would have to
+    LISTEN again and look for work it might have missed, three statements a minute at idle."""
+    worker = in_process_worker("keeper")
+    worker.queue_names = [settings.GITDEPLOY_QUEUE]
+    worker.keeps_connection = True  # as run() sets it on PostgreSQL
+    monkeypatch.setattr(ResilientWorker, "run_task", lambda self, task_result: None)
+    SyncRun.request(make_repository(), trigger=SyncRun.Trigger.CLI)
+    connection.ensure_connection()
+    old = connection.connection
+    connection.close_at = time.monotonic() - 1  # past CONN_MAX_AGE
+
+    assert worker.run_one() is True
+    assert worker.run_one() is False
+    assert connection.connection is old
