@@ -10,19 +10,25 @@ gitdeploy: `make run`, the image).
   waited (bench/run.py, BENCHMARKS.md).
 - logger_class: with LOG_FORMAT=json, gunicorn's own lines and its access log are JSON objects
   like the application's (gitdeploy.logs), the access log with its fields (method, path, status,
-  duration, ...) as keys.
+  duration, ...) as keys. In either format a request whose client left before the answer is
+  logged with status 499, not the 500 gunicorn gives it.
 
 Loaded by gunicorn's master before Django is set up: stdlib and gunicorn only.
 """
 
 from __future__ import annotations
 
+import copy
 import gc
 import logging
 
 from gunicorn import glogging
 
 from gitdeploy import logs, multiproc
+from gitdeploy.gunicorn_worker import client_gone
+
+# nginx's status for a request whose client closed the connection before the answer.
+CLIENT_CLOSED_REQUEST = 499
 
 
 def on_starting(server) -> None:
@@ -56,6 +62,10 @@ class GunicornLogger(glogging.Logger):
                     handler.setFormatter(logs.JsonFormatter())
 
     def access(self, resp, req, environ, request_time) -> None:
+        if client_gone.get() and getattr(resp, "sent", None) == 0:
+            # Not answered because the client left (project.asgi): gunicorn's 500 is not ours.
+            resp = copy.copy(resp)
+            resp.status = CLIENT_CLOSED_REQUEST
         if not self.json:
             super().access(resp, req, environ, request_time)
             return

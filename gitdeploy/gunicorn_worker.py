@@ -25,6 +25,7 @@ Loaded by gunicorn's master before Django is set up: stdlib and gunicorn only.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import errno
 import logging
 import socket
@@ -33,6 +34,12 @@ from collections.abc import Callable
 from gunicorn.workers.gasgi import ASGIWorker
 
 logger = logging.getLogger(__name__)
+
+# Set by project.asgi when a request's client went away before its answer (mid-body, or while the
+# view ran: the delivery is recorded all the same). gunicorn then logs the request with status 500,
+# as if gitdeploy had failed; gitdeploy.gunicorn_conf's access log says 499 instead, nginx's
+# "client closed request". A context variable: gunicorn logs in the task that awaited the app.
+client_gone: contextvars.ContextVar[bool] = contextvars.ContextVar("client_gone", default=False)
 
 # While a worker is busy (views_backlog), it accepts one connection per this many seconds.
 BUSY_ACCEPT_EVERY = 0.02

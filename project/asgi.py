@@ -32,7 +32,7 @@ from django.http import FileResponse
 from django.http.response import HttpResponseBase
 from django.urls import set_script_prefix
 
-from gitdeploy.gunicorn_worker import views_backlog
+from gitdeploy.gunicorn_worker import client_gone, views_backlog
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 
@@ -79,9 +79,11 @@ class LanesASGIHandler(ASGIHandler):
         lost. Here it is recorded (and deployed) all the same; the answer to a client that left
         is dropped by the server, and a redelivery of it joins or repeats it. The same if the
         server cancels this call (gunicorn does, a grace period after the disconnect)."""
+        client_gone.set(False)  # a kept-alive connection's earlier request does not count
         try:
             body_file = await self.read_body(receive)
         except RequestAborted:
+            client_gone.set(True)
             return
         set_script_prefix(get_script_prefix(scope))
         lane = min(_lanes, key=lambda lane: lane.waiting)
@@ -89,6 +91,7 @@ class LanesASGIHandler(ASGIHandler):
         try:
             response = await asyncio.shield(work)
         except asyncio.CancelledError:
+            client_gone.set(True)
             finishing = asyncio.ensure_future(self.close_when_done(work, body_file, lane))
             _finishing.add(finishing)  # a reference until it is done, as asyncio asks
             finishing.add_done_callback(_finishing.discard)

@@ -3,21 +3,30 @@
 Real `manage.py db_worker` and gunicorn processes; the lines are read from their output.
 """
 
+import contextlib
+import hashlib
+import hmac
 import json
 import logging
 import shutil
+import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+import psycopg
 import pytest
+from django.db import connection
 
 from gitdeploy import logs
-from gitdeploy.models import SyncRun, WorkerHeartbeat
+from gitdeploy.models import Delivery, SyncRun, WorkerHeartbeat
 from tests.conftest import PROJECT_ROOT, TEST_SECRET
 from tests.gitservers import free_port, wait_for_port
+from tests.reliability.stack import gunicorn
+from tests.test_webhook import push_payload
 from tests.test_worker_processes import (  # noqa: F401 - fixtures
     deployed_repository,
     finished,
@@ -210,3 +219,64 @@ def test_an_unknown_log_format_stops_start_up():
     )
     assert result.returncode != 0
     assert "LOG_FORMAT='xml': use text or json" in result.stderr
+
+
+def raw_push(slug: str, delivery: str, *, body_cut: int | None = None) -> bytes:
+    """A signed GitHub push as bytes on the wire, or its head and the first body_cut bytes."""
+    body = json.dumps(push_payload()).encode()
+    signature = hmac.new(TEST_SECRET.encode(), body, hashlib.sha256).hexdigest()
+    head = (
+        f"POST /hooks/{slug}/ HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Content-Type: application/json\r\nX-GitHub-Event: push\r\n"
+        f"X-GitHub-Delivery: {delivery}\r\nX-Hub-Signature-256: sha256={signature}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    return head + (body if body_cut is None else body[:body_cut])
+
+
+@contextlib.contextmanager
+def deliveries_locked():
+    """Another session holds a lock that makes every insert into the Delivery table wait."""
+    settings_dict = connection.settings_dict
+    with psycopg.connect(
+        dbname=settings_dict["NAME"],
+        user=settings_dict.get("USER") or "postgres",
+        host=settings_dict.get("HOST") or "127.0.0.1",
+        port=str(settings_dict.get("PORT") or 5432),
+    ) as other:
+        other.execute(f"LOCK TABLE {Delivery._meta.db_table} IN SHARE ROW EXCLUSIVE MODE")
+        yield
+        other.rollback()
+
+
+def test_a_request_whose_client_left_is_logged_499_not_500(
+    make_repository, subprocess_env, tmp_path
+):
+    """gunicorn logs a request its application did not answer as a 500. A Git host that gave up
+    mid-body, or while its push was being recorded (which is recorded all the same), met no
+    failure of gitdeploy's: the access log says 499, nginx's "client closed request"."""
+    repository = make_repository(default_branch="main")
+    with gunicorn({**subprocess_env, "DATA_DIR": str(tmp_path)}, tmp_path / "web.log") as server:
+        with socket.create_connection(("127.0.0.1", server.port)) as client:
+            client.sendall(raw_push(repository.slug, "gone-mid-body", body_cut=20))
+            time.sleep(0.3)
+        wait_for(lambda: server.output().count('" 499 ') == 1, 10, "the mid-body line")
+        if connection.vendor == "postgresql":  # SQLite has no lock one table's inserts wait on
+            with deliveries_locked():
+                with socket.create_connection(("127.0.0.1", server.port)) as client:
+                    client.sendall(raw_push(repository.slug, "gone-while-recorded"))
+                    time.sleep(0.5)
+                # gunicorn cancels the call a grace period (3 s) after the client left.
+                wait_for(lambda: server.output().count('" 499 ') == 2, 15, "the cancelled line")
+            wait_for(
+                lambda: Delivery.objects.filter(delivery_id="gone-while-recorded").exists(),
+                15,
+                "the delivery, recorded once the lock was gone",
+            )
+        # The server is still well: an ordinary request is answered and logged as usual.
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/api/health", timeout=10):
+            pass
+        wait_for(lambda: "/api/health" in server.output().split('" 499 ')[-1], 10, "health")
+        output = server.output()
+    assert '" 500 ' not in output, output
+    assert not Delivery.objects.filter(delivery_id="gone-mid-body").exists()
