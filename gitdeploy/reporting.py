@@ -1,6 +1,7 @@
 """What the worker tells the outside world about a run, around gitdeploy.worker.execute_run:
 
-    run_started(run)     one log line; the Git host's deployment goes to "in progress"
+    run_started(run)     one log line; the Git host's deployment goes to "in progress", told on
+                         a thread of its own while the sync goes on
     run_finished(run)    after SyncRun.finish is recorded: one log line, the metrics, then the
                          notifications and the host's deploy status (each bounded by
                          NOTIFY_TIMEOUT; what failed is logged and kept on the run)
@@ -15,9 +16,14 @@ that the task returned.
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import copy
 import logging
+import threading
 from collections.abc import Iterator
 
+from django.conf import settings
+from django.db import connections
 from django.db.models import Value
 from django.db.models.functions import Concat
 from django.utils import timezone
@@ -65,12 +71,51 @@ def run_context(run: SyncRun) -> Iterator[None]:
 
 
 def run_started(run: SyncRun) -> None:
+    """The start's log line now; the Git host's "in progress" (GitHub: a deployment and its
+    status, two HTTPS calls of up to NOTIFY_TIMEOUT each, commonly a few hundred milliseconds)
+    on a thread, so that the sync does not wait for the host's API. run_finished waits for that
+    thread before it reports the result: the host hears the start first, and GitHub's result needs
+    the deployment the start created."""
     try:
         with run_context(run):
             _log_start(run)
+        if hoststatus.target_for(run.repository) is None:
+            return  # nothing to tell the host: no thread
+    except Exception:
+        logger.exception("sync run #%s: reporting its start failed", run.pk)
+        return
+    # A copy: the sync changes the run (its status, its commit) while the host is being told
+    # that it started. The log context (contextvars) goes with it.
+    telling = threading.Thread(
+        target=contextvars.copy_context().run,
+        args=(_tell_host_started, copy.copy(run)),
+        name=f"run-{run.pk}-started",
+        daemon=True,  # a worker being stopped does not wait for a Git host
+    )
+    _telling_host[run.pk] = telling
+    telling.start()
+
+
+# The threads telling Git hosts that a run started, by run id, until run_finished collects them.
+_telling_host: dict[int, threading.Thread] = {}
+
+
+def _tell_host_started(run: SyncRun) -> None:
+    try:
+        with run_context(run):
             record(run, hoststatus.started(run))
     except Exception:
         logger.exception("sync run #%s: reporting its start failed", run.pk)
+    finally:
+        connections.close_all()  # this thread's own (record's UPDATE)
+
+
+def _host_told_started(run: SyncRun, *, wait: bool) -> None:
+    """Waits (if asked) for the thread telling the host that `run` started: at most the two calls
+    it makes, each bounded by NOTIFY_TIMEOUT."""
+    telling = _telling_host.pop(run.pk, None)
+    if telling is not None and wait:
+        telling.join(timeout=2 * settings.NOTIFY_TIMEOUT + 1)
 
 
 def _log_start(run: SyncRun) -> None:
@@ -94,6 +139,7 @@ def _log_start(run: SyncRun) -> None:
 
 def run_finished(run: SyncRun, *, network: bool = True) -> None:
     """``network`` is False when the worker is being stopped: only what costs nothing is done."""
+    _host_told_started(run, wait=network)
     try:
         run.refresh_from_db()
         with run_context(run):

@@ -5,6 +5,10 @@ and answers as the APIs document (201 with the created object).
 """
 
 import itertools
+import subprocess
+import threading
+import time
+from pathlib import Path
 
 import pytest
 
@@ -76,6 +80,54 @@ def test_github_gets_a_deployment_in_progress_then_success(
     assert "github deployment: deployment 1001 in_progress (HTTP 201)" in run.notifications
     assert "github deployment: deployment 1001 success (HTTP 201)" in run.notifications
     assert TOKEN not in run.notifications + run.log
+
+
+def test_the_sync_does_not_wait_for_the_hosts_answer_to_its_start(
+    make_repository, remote, api_server, monkeypatch, settings
+):
+    """GitHub took seconds to create the deployment: the checkout went on meanwhile, and the host
+    still heard the start before the result."""
+    settings.NOTIFY_TIMEOUT = 5
+    github_api(api_server)
+    repository = make_repository(clone_url=remote.url)
+    configure(monkeypatch, repository, api_server, "github")
+    tip = remote.tip()
+    checked_out_before_the_answer = threading.Event()
+
+    def slow_create(request):
+        # Answers once the commit is checked out, or after 3 s (within NOTIFY_TIMEOUT): had the
+        # sync waited for this answer, the commit could not be checked out by then.
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            if head(repository.target_dir) == tip:
+                checked_out_before_the_answer.set()
+                break
+            time.sleep(0.02)
+        return 201, {"id": 1001, "sha": request.json["ref"]}
+
+    api_server.on("POST", r"/api/repos/octo/site/deployments", slow_create)
+    run = run_now(repository, commit=tip)
+
+    assert run.status == SyncRun.Status.SUCCEEDED
+    assert checked_out_before_the_answer.is_set()
+    create, progress, done = api_server.requests
+    assert create.path == "/api/repos/octo/site/deployments"
+    assert progress.json["state"] == "in_progress" and done.json["state"] == "success"
+    assert progress.path == done.path == "/api/repos/octo/site/deployments/1001/statuses"
+    assert "deployment 1001 in_progress (HTTP 201)" in run.notifications
+    assert "deployment 1001 success (HTTP 201)" in run.notifications
+
+
+def head(directory: str) -> str:
+    if not (Path(directory) / ".git").exists():
+        return ""
+    found = subprocess.run(
+        ["git", "-C", directory, "rev-parse", "-q", "--verify", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return found.stdout.strip()
 
 
 def test_github_failure_is_reported_as_failure(make_repository, remote, api_server, monkeypatch):
