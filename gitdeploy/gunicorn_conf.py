@@ -6,7 +6,7 @@ gitdeploy: `make run`, the image).
   exits has its live gauges marked dead (gitdeploy.multiproc).
 - post_worker_init: what a worker loaded at start (Django, the project, their modules: ~75,000
   objects) is frozen out of the garbage collector's full collections. Each of those scanned them
-  all, 30-50 ms with the GIL held, a few times a minute under load: every request in flight
+  all, 20-50 ms with the GIL held, every few seconds under load: every request in flight
   waited (bench/run.py, BENCHMARKS.md).
 - logger_class: with LOG_FORMAT=json, gunicorn's own lines and its access log are JSON objects
   like the application's (gitdeploy.logs), the access log with its fields (method, path, status,
