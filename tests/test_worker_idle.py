@@ -324,11 +324,7 @@ def test_a_connection_past_its_age_is_replaced_after_a_claim_not_before_it(
         return claim(self)
 
     monkeypatch.setattr(ResilientWorker, "claim_in_one_statement", recording_claim)
-    monkeypatch.setattr(ResilientWorker, "run_task", lambda self, task_result: None)
-    SyncRun.request(make_repository(), trigger=SyncRun.Trigger.CLI)
-    connection.ensure_connection()
-    old = connection.connection
-    connection.close_at = time.monotonic() - 1  # past CONN_MAX_AGE
+    old = a_ready_task_and_an_aged_connection(make_repository, monkeypatch)
 
     assert worker.run_one() is True
     assert used == [old], "the claim waited for a new connection"
@@ -346,12 +342,18 @@ def test_a_listening_worker_keeps_its_connection_past_its_age(make_repository, m
     worker = in_process_worker("keeper")
     worker.queue_names = [settings.GITDEPLOY_QUEUE]
     worker.keeps_connection = True  # as run() sets it on PostgreSQL
-    monkeypatch.setattr(ResilientWorker, "run_task", lambda self, task_result: None)
-    SyncRun.request(make_repository(), trigger=SyncRun.Trigger.CLI)
-    connection.ensure_connection()
-    old = connection.connection
-    connection.close_at = time.monotonic() - 1  # past CONN_MAX_AGE
+    old = a_ready_task_and_an_aged_connection(make_repository, monkeypatch)
 
     assert worker.run_one() is True
     assert worker.run_one() is False
     assert connection.connection is old
+
+
+def a_ready_task_and_an_aged_connection(make_repository, monkeypatch):
+    """A run's task ready to claim (running it does nothing), and Django's connection past
+    CONN_MAX_AGE; returns that connection."""
+    monkeypatch.setattr(ResilientWorker, "run_task", lambda self, task_result: None)
+    SyncRun.request(make_repository(), trigger=SyncRun.Trigger.CLI)
+    connection.ensure_connection()
+    connection.close_at = time.monotonic() - 1
+    return connection.connection
