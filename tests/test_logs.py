@@ -4,8 +4,6 @@ Real `manage.py db_worker` and gunicorn processes; the lines are read from their
 """
 
 import contextlib
-import hashlib
-import hmac
 import json
 import logging
 import shutil
@@ -26,7 +24,7 @@ from gitdeploy.models import Delivery, SyncRun, WorkerHeartbeat
 from tests.conftest import PROJECT_ROOT, TEST_SECRET
 from tests.gitservers import free_port, wait_for_port
 from tests.reliability.stack import gunicorn
-from tests.test_webhook import push_payload
+from tests.test_asgi import signed_push
 from tests.test_worker_processes import (  # noqa: F401 - fixtures
     deployed_repository,
     finished,
@@ -222,15 +220,10 @@ def test_an_unknown_log_format_stops_start_up():
 
 
 def raw_push(slug: str, delivery: str, *, body_cut: int | None = None) -> bytes:
-    """A signed GitHub push as bytes on the wire, or its head and the first body_cut bytes."""
-    body = json.dumps(push_payload()).encode()
-    signature = hmac.new(TEST_SECRET.encode(), body, hashlib.sha256).hexdigest()
-    head = (
-        f"POST /hooks/{slug}/ HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        "Content-Type: application/json\r\nX-GitHub-Event: push\r\n"
-        f"X-GitHub-Delivery: {delivery}\r\nX-Hub-Signature-256: sha256={signature}\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode()
+    """test_asgi's signed push as bytes on the wire, or its head and the first body_cut bytes."""
+    body, headers = signed_push(delivery)
+    head = f"POST /hooks/{slug}/ HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode()
+    head += b"".join(name + b": " + value + b"\r\n" for name, value in headers) + b"\r\n"
     return head + (body if body_cut is None else body[:body_cut])
 
 
