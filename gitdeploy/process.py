@@ -299,9 +299,9 @@ def run(
 
     niceness: how much lower than this process's the command's scheduling priority is (its
     children inherit it). Set from here once the command is started, which costs one system call
-    where a preexec_fn would make Python fork the worker's whole memory instead of vfork. A
-    command run with a record is set before its gate opens, so before it runs at all (the sync's
-    git and post-deploy command); one without may run its first microseconds at this priority.
+    where a preexec_fn would make Python fork the worker's whole memory instead of vfork. The
+    command waits behind a gate (a shell reading one line) until it is set, so it never runs a
+    moment at this process's priority: a short command could otherwise finish before it.
 
     With a record (the caller holds the repository's lock), the command's group is written down
     before it starts and struck off once it has ended, so that the lock's next holder can end it
@@ -312,6 +312,7 @@ def run(
         marker = secrets.token_hex(16)
         env[MARKER_VARIABLE] = marker
         what = what or os.path.basename(argv[0])
+    if record is not None or niceness:
         stdin, gate = os.pipe()
         argv = ["/bin/sh", "-c", _GATE, "gitdeploy-gate", *argv]
     try:
@@ -332,12 +333,13 @@ def run(
     finally:
         if gate >= 0:
             os.close(stdin)
-    if niceness:
-        lower(proc.pid, niceness)
-    if record is not None:
+    if gate >= 0:
         try:
-            record.write(proc.pid, marker, what)
-            os.write(gate, b"go\n")  # written down: the gate lets the command start
+            if niceness:
+                lower(proc.pid, niceness)
+            if record is not None:
+                record.write(proc.pid, marker, what)
+            os.write(gate, b"go\n")  # lowered and written down: the gate lets the command start
         except BaseException:
             kill_group(proc)
             raise
