@@ -274,10 +274,21 @@ class _ExitWatch:
 
 def lower(pid: int, niceness: int) -> None:
     """Lowers process pid's scheduling priority by niceness below this process's (19 at most). A
-    process that has already ended, or a system that refuses, leaves it as it is."""
+    process that has already ended, or a system that refuses, leaves it as it is.
+
+    A process that leads its own session (run() starts every command so) is lowered as a session
+    too. Where the kernel groups processes by session for scheduling (autogroup, on by default in
+    Debian's and Ubuntu's kernels when the process is not in a container's CPU cgroup), a nice
+    value weighs a process only against the others of its session: git alone in its session got
+    as much CPU as the whole web. Its session's own nice (/proc/PID/autogroup) weighs it against
+    the web's. The file is only written for a session leader, whose session is its own and not
+    the worker's."""
     with contextlib.suppress(OSError):
         target = min(19, os.getpriority(os.PRIO_PROCESS, 0) + niceness)
         os.setpriority(os.PRIO_PROCESS, pid, target)
+        if os.getsid(pid) == pid:
+            with open(f"/proc/{pid}/autogroup", "w") as autogroup:
+                autogroup.write(str(target))
 
 
 def run(

@@ -4,6 +4,8 @@ heartbeat raises, a bounded output tail, heartbeats while waiting. Real processe
 import os
 import signal
 import subprocess
+import sys
+import threading
 import time
 
 import pytest
@@ -164,6 +166,57 @@ def test_the_command_never_runs_a_moment_at_the_higher_priority():
     a gate, a few of these answered 0 on a busy machine (CI, 2026-11-26)."""
     seen = {run("nice", niceness=5).stdout.decode().strip() for _ in range(30)}
     assert seen == {str(expected_niceness(5))}
+
+
+def test_the_lowered_command_yields_the_cpu_to_this_processs_session():
+    """Two busy loops on one CPU, one in this process's session and one run lowered by 19 (in its
+    own session, as every command is): the lowered one gets a small share. With only its nice
+    value lowered it got 50-67 % where the kernel groups processes by session (autogroup)."""
+    cpu = min(os.sched_getaffinity(0))
+    busy = (
+        f"import os, time; os.sched_setaffinity(0, {{{cpu}}}); end = time.monotonic() + 2\n"
+        "while time.monotonic() < end: pass\n"
+        "print(time.process_time())"
+    )
+    lowered: list[process.Completed] = []
+    thread = threading.Thread(
+        target=lambda: lowered.append(
+            process.run(
+                [sys.executable, "-c", busy],
+                cwd=None,
+                env=dict(os.environ),
+                timeout=30,
+                heartbeat=lambda: None,
+                niceness=19,
+            )
+        )
+    )
+    thread.start()
+    ours = subprocess.run([sys.executable, "-c", busy], capture_output=True, check=True)
+    thread.join()
+    ours_cpu, lowered_cpu = float(ours.stdout), float(lowered[0].stdout)
+    assert lowered_cpu / (ours_cpu + lowered_cpu) < 0.2, (ours_cpu, lowered_cpu)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/autogroup"), reason="no autogroup here")
+def test_the_command_is_lowered_as_a_session_and_this_process_is_not():
+    before = autogroup_niceness("self")
+    result = run("cat /proc/self/autogroup", niceness=7)
+    assert result.stdout.decode().split()[-1] == str(expected_niceness(7))
+    # A process of this session (not its own session's leader): its nice value only.
+    child = subprocess.Popen(["sleep", "5"])
+    try:
+        process.lower(child.pid, 7)
+        assert os.getpriority(os.PRIO_PROCESS, child.pid) == expected_niceness(7)
+        assert autogroup_niceness(str(child.pid)) == autogroup_niceness("self") == before
+    finally:
+        child.kill()
+        child.wait()
+
+
+def autogroup_niceness(pid: str) -> str:
+    with open(f"/proc/{pid}/autogroup") as autogroup:
+        return autogroup.read().split()[-1]
 
 
 def test_niceness_stops_at_nineteen():
