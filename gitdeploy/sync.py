@@ -1120,20 +1120,34 @@ def _sync_atomic(s: _Session) -> SyncResult:
     release = os.path.join(releases, sha)
     os.makedirs(releases, exist_ok=True)
     # The release's own `.git` file is the application's to rewrite: git is told its worktree
-    # directory in the store instead (`worktree add` names it after the release).
-    release_repo = _Repo(os.path.join(store, "worktrees", sha), store, release)
+    # directory in the store instead, the one whose record names this release.
+    serving = _worktree_serving(store, release)
+    release_repo = _Repo(serving or os.path.join(store, "worktrees", sha), store, release)
     release_head = ""
-    if os.path.isdir(release) and os.path.isdir(release_repo.git_dir):
+    if serving and os.path.isdir(release):
         release_head = s.read_ref(release_repo, "HEAD")
+        if release_head.strip("0") == "":  # `worktree add` writes a zero id until it has one
+            release_head = ""
     if release_head:
         s.say(f"Reusing releases/{sha}")
+        with contextlib.suppress(FileNotFoundError):
+            # "initializing", left by a `worktree add` killed after it set HEAD: the checkout
+            # below completes the release, and a locked directory would never be pruned.
+            os.unlink(os.path.join(release_repo.git_dir, "locked"))
         s.move_worktree(release_repo, sha, head=release_head)
     else:
         if os.path.lexists(release):  # a half-made release from an interrupted run
             s.say(f"Removing incomplete releases/{sha}")
             shutil.rmtree(release, ignore_errors=True)
-        if os.path.lexists(release_repo.git_dir):
-            # Registered but gone (or half-made): `worktree add` refuses the path until pruned.
+        # What a `worktree add` of this release left behind. A SIGKILLed one leaves its directory
+        # locked, which `worktree prune` keeps; `worktree add` would then name the release's
+        # directory `<sha>1`, and before the store's record was read (above), the next run of
+        # this commit took the live release for an incomplete one and removed it.
+        leftovers = {os.path.join(store, "worktrees", sha), serving or ""} - {""}
+        leftovers = {path for path in leftovers if os.path.lexists(path)}
+        for path in leftovers:
+            shutil.rmtree(path, ignore_errors=True)
+        if leftovers:
             s.git("worktree", "prune", repo=store_repo)
         s.git("worktree", "add", "-q", "--detach", release, sha, repo=store_repo)
     os.utime(release)  # retention keeps the most recently deployed releases
@@ -1153,6 +1167,28 @@ def _sync_atomic(s: _Session) -> SyncResult:
     s.say(f"current -> releases/{sha}")
     _prune_releases(s, store_repo, releases, keep={sha, current_commit(target, "atomic")})
     return SyncResult(branch, s.previous, sha, code, release)
+
+
+def _worktree_serving(store: str, release: str) -> str:
+    """The store's worktree directory whose record (its gitdir file, which git keeps) names
+    release: `<store>/worktrees/<sha>` as `worktree add` names it, or another one it named when
+    that name was taken. "" for none."""
+    wanted = os.path.realpath(os.path.join(release, ".git"))
+    worktrees = os.path.join(store, "worktrees")
+    usual = os.path.join(worktrees, os.path.basename(release))
+    try:
+        others = sorted(os.path.join(worktrees, name) for name in os.listdir(worktrees))
+    except OSError:
+        return ""
+    for candidate in [usual, *others]:
+        try:
+            with open(os.path.join(candidate, "gitdir"), encoding="utf-8") as record:
+                named = record.read().strip()
+        except (OSError, ValueError):
+            continue
+        if named and os.path.realpath(named) == wanted:
+            return candidate
+    return ""
 
 
 def _prune_releases(s: _Session, store: _Repo, releases: str, keep: set[str]) -> None:

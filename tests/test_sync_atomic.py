@@ -142,3 +142,59 @@ def test_a_release_store_without_origin_but_with_commits_is_still_refused(remote
 
     assert "holds a clone of (no origin)" in caught.value.message
     assert not (target / "releases").exists()
+
+
+def leave_a_killed_worktree_add(target, sha):
+    """What a `git worktree add` SIGKILLed in its first steps leaves in the store: its worktree
+    directory in the store, created and locked ("initializing"), with no HEAD yet and no release
+    directory. `git worktree prune` keeps a locked one, and the next `worktree add` of the same
+    release then names its own directory `<sha>1`."""
+    stale = target / ".gitdeploy" / "repo.git" / "worktrees" / sha
+    stale.mkdir(parents=True)
+    (stale / "locked").write_text("initializing\n")
+
+
+def test_a_killed_worktree_add_never_costs_the_live_release(remote, tmp_path):
+    """Found by the kill -9 test under CI's load: a release made beside the leftovers of a killed
+    `worktree add` was not recognised by the next run of the same commit (a redelivery, a retry,
+    a redeploy), which removed it as incomplete while `current` pointed at it."""
+    target = tmp_path / "site"
+    deploy(remote.url, target, deploy_mode="atomic")
+    sha = remote.commit({"README.md": "v2\n"}, "v2")
+    leave_a_killed_worktree_add(target, sha)
+
+    first = deploy(remote.url, target, deploy_mode="atomic")
+    assert first.deployed_commit == sha
+    live = target / "releases" / sha
+    before = (live.stat().st_ino, (live / "README.md").stat().st_ino)
+
+    again = deploy(remote.url, target, deploy_mode="atomic")
+
+    assert "Reusing releases/" in again.log and "Removing incomplete" not in again.log, again.log
+    assert (live.stat().st_ino, (live / "README.md").stat().st_ino) == before
+    assert (target / "current" / "README.md").read_text() == "v2\n"
+    store = target / ".gitdeploy" / "repo.git"
+    assert sorted(os.listdir(store / "worktrees")) == sorted(releases(target))
+
+
+def test_a_release_whose_store_directory_has_another_name_is_reused(remote, tmp_path):
+    """A release made before that fix, whose worktree directory in the store is `<sha>1` beside
+    the killed one's `<sha>`: the store's own record (its gitdir file) says which release each
+    directory serves, so the live release is reused, not removed."""
+    target = tmp_path / "site"
+    deploy(remote.url, target, deploy_mode="atomic")
+    sha = remote.commit({"README.md": "v2\n"}, "v2")
+    store = target / ".gitdeploy" / "repo.git"
+    leave_a_killed_worktree_add(target, sha)
+    live = target / "releases" / sha
+    git("fetch", "-q", remote.url, "main", cwd=store)
+    git("worktree", "add", "-q", "--detach", str(live), sha, cwd=store)
+    assert (store / "worktrees" / f"{sha}1").is_dir()
+    deploy(remote.url, target, deploy_mode="atomic", commit=sha)
+    before = (live.stat().st_ino, (live / "README.md").stat().st_ino)
+
+    again = deploy(remote.url, target, deploy_mode="atomic", commit=sha)
+
+    assert "Reusing releases/" in again.log and "Removing incomplete" not in again.log
+    assert (live.stat().st_ino, (live / "README.md").stat().st_ino) == before
+    assert os.readlink(target / "current") == f"releases/{sha}"
