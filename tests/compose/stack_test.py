@@ -8,6 +8,7 @@ What it proves, one numbered assertion each (see the summary it prints):
   3. a signed GitHub push lands the commit in ../repo, owned by the documented host user;
   4. private repositories: token file in docker/secrets/ (GIT_TOKEN_FILE), and a deploy key;
   5. `restart db` while pushes stream in: only 202/200/503, every 2xx recorded, no restarts;
+  cpu. on a busy core the worker's container (git, the post-deploy command) yields to web's;
   6. `stop worker` lets a slow post-deploy command finish; a killed worker's run is recovered;
   7. the https profile with DOMAIN=localhost (Caddy's internal CA);
   8. `down -v` leaves nothing behind.
@@ -516,6 +517,36 @@ def push_among_slow_clients(port: int, secret: str, sha: str, clients: int = 200
             connection.close()
 
 
+def worker_cpu_share(stack: Stack, seconds: float = 3.0) -> float:
+    """A busy loop in web's container and one in the worker's, both on one core: the worker's
+    share of the CPU time the two got (its cpu_shares against web's)."""
+    # Both pin themselves to the lowest core their container may use: the same one.
+    busy = (
+        "import os, time; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+        f"end = time.monotonic() + {seconds}\n"
+        "while time.monotonic() < end: pass\n"
+        "print(time.process_time())"
+    )
+    env = {**os.environ, **stack.extra_env}
+    env.pop("COMPOSE_PROFILES", None)
+    loops = {
+        service: subprocess.Popen(
+            [*stack.argv, "exec", "-T", service, "python", "-c", busy],
+            cwd=stack.docker_dir,
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for service in ("web", "worker")
+    }
+    cpu = {}
+    for service, loop in loops.items():
+        out, _ = loop.communicate(timeout=seconds + 60)
+        check(loop.returncode == 0, f"the busy loop in {service} exited {loop.returncode}")
+        cpu[service] = float(out)
+    return cpu["worker"] / (cpu["web"] + cpu["worker"])
+
+
 def check_initial_state(stack: Stack, web_port: int, tip: str) -> None:
     """The state after `up -d` and before any push, as docs/ec2.md §4 describes it: the worker
     deploys the branch tip at once (an "initial" sync, no push needed), /api/ready is ok and the
@@ -673,6 +704,11 @@ def public_stack(workdir: Path, upstream_dir: Path) -> None:
             took = push_among_slow_clients(web_port, secret, upstream.commit())
             say(f"    signed push answered in {took * 1000:.0f} ms with 200 slow clients open")
             check(took < 10, f"the push took {took:.1f} s among slow clients (was > 60 s)")
+
+        with assertion("cpu", "on a busy core the worker's container yields to web's"):
+            worker_share = worker_cpu_share(stack)
+            say(f"    the worker's share of one busy core against web: {worker_share:.0%}")
+            check(worker_share < 0.35, f"the worker took {worker_share:.0%} of the core")
 
         with assertion(
             "5", "restart db while signed pushes stream in: 202 or 503 only, every 2xx recorded"
