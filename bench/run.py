@@ -201,6 +201,16 @@ class Remote:
 # Processes
 
 
+def autogroup() -> str:
+    """Whether the kernel schedules sessions as groups (every git command runs in a session of
+    its own, lowered as a session: process.lower)."""
+    try:
+        with open("/proc/sys/kernel/sched_autogroup_enabled") as enabled:
+            return "on" if enabled.read().strip() == "1" else "off"
+    except OSError:
+        return "absent"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -547,7 +557,8 @@ def main() -> None:  # noqa: C901 - one story, top to bottom
             f"bench {datetime.datetime.now().isoformat(timespec='seconds')} "
             f"host={platform.node()} cpus={os.cpu_count()} "
             f"load={load[0]:.2f},{load[1]:.2f},{load[2]:.2f} quick={int(QUICK)} "
-            f"git={git('--version').split()[-1]} python={platform.python_version()}"
+            f"git={git('--version').split()[-1]} python={platform.python_version()} "
+            f"autogroup={autogroup()}"
         )
         say(f"repository files={FILES} commits={COMMITS}; database postgresql ({database})")
 
