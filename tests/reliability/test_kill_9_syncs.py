@@ -145,6 +145,10 @@ def test_kill_9_at_random_moments_never_leaves_a_mixed_directory(
     record = Path(subprocess_env["LOCK_DIR"]) / f"repository-{repository.pk}.lock.command"
     env = {**subprocess_env, "SYNC_LEASE_SECONDS": "2", "SYNC_RETRY_BACKOFF": "1"}
     logs = tmp_path / "workers.log"
+    # The worker deploys a repository that has never synced as soon as it starts, maybe before
+    # round 0's commit: the tip it finds then must be a whole round too, or the check after the
+    # first kill finds `current` at a commit without a MANIFEST (CI, 2026-11-26).
+    remote.commit(commit_files(rng, -1), "before round 0")
     worker = WorkerProcess(env, "w0", logs)
     killed_in: collections.Counter[str] = collections.Counter()
     started = time.monotonic()
