@@ -155,9 +155,10 @@ def leave_a_killed_worktree_add(target, sha):
 
 
 def test_a_killed_worktree_add_never_costs_the_live_release(remote, tmp_path):
-    """Found by the kill -9 test under CI's load: a release made beside the leftovers of a killed
-    `worktree add` was not recognised by the next run of the same commit (a redelivery, a retry,
-    a redeploy), which removed it as incomplete while `current` pointed at it."""
+    """A release made beside the leftovers of a killed `worktree add` was not recognised by the
+    next run of the same commit (a redelivery, a retry, a redeploy), which removed it as
+    incomplete while `current` pointed at it: the site was gone until `worktree add` had
+    finished, and for good if the worker died meanwhile."""
     target = tmp_path / "site"
     deploy(remote.url, target, deploy_mode="atomic")
     sha = remote.commit({"README.md": "v2\n"}, "v2")
