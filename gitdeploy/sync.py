@@ -1205,8 +1205,32 @@ def _prune_releases(s: _Session, store: _Repo, releases: str, keep: set[str]) ->
             s.say(f"Removing old release releases/{name}")
             shutil.rmtree(os.path.join(releases, name), ignore_errors=True)
             removed = True
+    removed = _remove_abandoned_worktrees(store.common_dir) or removed
     if removed:
         s.git("worktree", "prune", repo=store)
+
+
+def _remove_abandoned_worktrees(store: str) -> bool:
+    """Removes the store's worktree directories that a `worktree add` killed before it finished
+    left locked ("initializing"): `worktree prune` keeps locked ones, for ever. The caller holds
+    the repository's lock, so no `worktree add` is running; a release reused after such an add
+    was unlocked when it was reused (_sync_atomic). True when one was removed."""
+    worktrees = os.path.join(store, "worktrees")
+    try:
+        names = os.listdir(worktrees)
+    except OSError:
+        return False
+    removed = False
+    for name in names:
+        try:
+            with open(os.path.join(worktrees, name, "locked"), encoding="utf-8") as lock:
+                reason = lock.read().strip()
+        except (OSError, ValueError):
+            continue
+        if reason == "initializing":
+            shutil.rmtree(os.path.join(worktrees, name), ignore_errors=True)
+            removed = True
+    return removed
 
 
 # --------------------------------------------------------------------------------------------------

@@ -199,3 +199,23 @@ def test_a_release_whose_store_directory_has_another_name_is_reused(remote, tmp_
     assert "Reusing releases/" in again.log and "Removing incomplete" not in again.log
     assert (live.stat().st_ino, (live / "README.md").stat().st_ino) == before
     assert os.readlink(target / "current") == f"releases/{sha}"
+
+
+def test_a_killed_worktree_adds_leftovers_go_with_the_next_deploy(remote, tmp_path):
+    """A commit whose `worktree add` was killed and that is never deployed again: its locked
+    directory in the store would outlive every `worktree prune`. The next deploy removes it, and
+    keeps a worktree directory locked for any other reason."""
+    target = tmp_path / "site"
+    deploy(remote.url, target, deploy_mode="atomic")
+    abandoned = remote.commit({"README.md": "never deployed\n"}, "abandoned")
+    leave_a_killed_worktree_add(target, abandoned)
+    worktrees = target / ".gitdeploy" / "repo.git" / "worktrees"
+    (worktrees / "kept").mkdir()
+    (worktrees / "kept" / "locked").write_text("on a removable disk\n")
+    remote.commit({"README.md": "v3\n"}, "v3")
+
+    deploy(remote.url, target, deploy_mode="atomic")
+
+    assert not (worktrees / abandoned).exists()
+    assert (worktrees / "kept" / "locked").exists()
+    assert sorted(os.listdir(worktrees)) == sorted([*releases(target), "kept"])
