@@ -101,10 +101,9 @@ def target_for(repository: Repository) -> Target | None:
     return Target(provider, api_url.rstrip("/"), project, token)
 
 
-def started(run: SyncRun) -> list[str]:
-    target = target_for(run.repository)
-    if target is None:
-        return []
+def started(run: SyncRun, target: Target) -> list[str]:
+    """Tells target (target_for(run.repository), which the caller has looked up to decide
+    whether there is anyone to tell) that run started."""
     if target.provider == "github":
         return [_attempt(target, "deployment", lambda: _github_start(target, run))]
     if not run.requested_commit:

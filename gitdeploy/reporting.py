@@ -79,7 +79,8 @@ def run_started(run: SyncRun) -> None:
     try:
         with run_context(run):
             _log_start(run)
-        if hoststatus.target_for(run.repository) is None:
+        target = hoststatus.target_for(run.repository)
+        if target is None:
             return  # nothing to tell the host: no thread
     except Exception:
         logger.exception("sync run #%s: reporting its start failed", run.pk)
@@ -88,7 +89,7 @@ def run_started(run: SyncRun) -> None:
     # that it started. The log context (contextvars) goes with it.
     telling = threading.Thread(
         target=contextvars.copy_context().run,
-        args=(_tell_host_started, copy.copy(run)),
+        args=(_tell_host_started, copy.copy(run), target),
         name=f"run-{run.pk}-started",
         daemon=True,  # a worker being stopped does not wait for a Git host
     )
@@ -100,10 +101,10 @@ def run_started(run: SyncRun) -> None:
 _telling_host: dict[int, threading.Thread] = {}
 
 
-def _tell_host_started(run: SyncRun) -> None:
+def _tell_host_started(run: SyncRun, target: hoststatus.Target) -> None:
     try:
         with run_context(run):
-            record(run, hoststatus.started(run))
+            record(run, hoststatus.started(run, target))
     except Exception:
         logger.exception("sync run #%s: reporting its start failed", run.pk)
     finally:

@@ -1121,8 +1121,9 @@ def _sync_atomic(s: _Session) -> SyncResult:
     os.makedirs(releases, exist_ok=True)
     # The release's own `.git` file is the application's to rewrite: git is told its worktree
     # directory in the store instead, the one whose record names this release.
+    usual = os.path.join(store, "worktrees", sha)  # the name `worktree add` gives it
     serving = _worktree_serving(store, release)
-    release_repo = _Repo(serving or os.path.join(store, "worktrees", sha), store, release)
+    release_repo = _Repo(serving or usual, store, release)
     release_head = ""
     if serving and os.path.isdir(release):
         release_head = s.read_ref(release_repo, "HEAD")
@@ -1143,8 +1144,7 @@ def _sync_atomic(s: _Session) -> SyncResult:
         # locked, which `worktree prune` keeps; `worktree add` would then name the release's
         # directory `<sha>1`, and before the store's record was read (above), the next run of
         # this commit took the live release for an incomplete one and removed it.
-        leftovers = {os.path.join(store, "worktrees", sha), serving or ""} - {""}
-        leftovers = {path for path in leftovers if os.path.lexists(path)}
+        leftovers = {path for path in (usual, serving) if path and os.path.lexists(path)}
         for path in leftovers:
             shutil.rmtree(path, ignore_errors=True)
         if leftovers:
