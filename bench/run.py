@@ -206,7 +206,11 @@ def autogroup() -> str:
     its own, lowered as a session: process.lower)."""
     try:
         with open("/proc/sys/kernel/sched_autogroup_enabled") as enabled:
-            return "on" if enabled.read().strip() == "1" else "off"
+            if enabled.read().strip() != "1":
+                return "off"
+        # Read empty where this session is in the default group (no session groups made).
+        with open("/proc/self/autogroup") as own_group:
+            return "on" if own_group.read().strip() else "on, but not for this session"
     except OSError:
         return "absent"
 
