@@ -567,41 +567,54 @@ class SyncRun(models.Model):
         whatever is queued already covers it.
         """
         with transaction.atomic():
-            # Serialises requests for one repository across web processes and workers. NO KEY:
-            # the foreign-key checks of rows that point at the repository (a push's Delivery,
+            # Serialises request() calls for one repository across web processes and workers. NO
+            # KEY: the foreign-key checks of rows that point at the repository (a push's Delivery,
             # checked when its transaction commits) take KEY SHARE, which FOR UPDATE would block:
             # a push joining the queued run this request supersedes would deadlock with it.
             Repository.objects.select_for_update(no_key=True).filter(pk=repository.pk).first()
-            queued = cls.objects.filter(repository=repository, status=cls.Status.QUEUED).first()
-            if queued is not None and retry_of is not None:
-                return queued, True
-            if queued is not None and not pin_commit and not queued.pin_commit:
-                if commit and commit != queued.requested_commit:
-                    queued.requested_commit = commit
-                    queued.save(update_fields=["requested_commit"])
-                return queued, True
-            if queued is not None:
-                queued.status = cls.Status.SUPERSEDED
-                queued.finished_at = timezone.now()
-                queued.save(update_fields=["status", "finished_at"])
-            run = cls.objects.create(
-                repository=repository,
-                trigger=trigger,
-                triggered_by=user if getattr(user, "pk", None) else None,
-                triggered_by_label=label or (user.get_username() if user is not None else ""),
-                branch=repository.tracked_branch,
-                requested_commit=commit,
-                pin_commit=pin_commit,
-                run_after=run_after,
-                attempt=(retry_of.attempt + 1) if retry_of else 1,
-                retry_of=retry_of,
-            )
-            if queued is not None:
-                queued.superseded_by = run
-                queued.save(update_fields=["superseded_by"])
-                queued.deliveries.update(sync_run=run)
-            run.enqueue()
-        return run, False
+            # A push (request_tip) takes no repository lock: it may queue a run between the look-up
+            # and the insert below, whose insert then breaks the one-queued-run constraint. Look
+            # again: the next look-up finds that run and joins or supersedes it.
+            for attempt in range(1, 4):
+                queued = cls.objects.filter(repository=repository, status=cls.Status.QUEUED).first()
+                if queued is not None and retry_of is not None:
+                    return queued, True
+                if queued is not None and not pin_commit and not queued.pin_commit:
+                    if commit and commit != queued.requested_commit:
+                        queued.requested_commit = commit
+                        queued.save(update_fields=["requested_commit"])
+                    return queued, True
+                try:
+                    with transaction.atomic():  # a savepoint: the insert may lose to a push
+                        if queued is not None:
+                            queued.status = cls.Status.SUPERSEDED
+                            queued.finished_at = timezone.now()
+                            queued.save(update_fields=["status", "finished_at"])
+                        run = cls.objects.create(
+                            repository=repository,
+                            trigger=trigger,
+                            triggered_by=user if getattr(user, "pk", None) else None,
+                            triggered_by_label=label
+                            or (user.get_username() if user is not None else ""),
+                            branch=repository.tracked_branch,
+                            requested_commit=commit,
+                            pin_commit=pin_commit,
+                            run_after=run_after,
+                            attempt=(retry_of.attempt + 1) if retry_of else 1,
+                            retry_of=retry_of,
+                        )
+                except IntegrityError:
+                    # Any other integrity error fails the same way again and is raised.
+                    if attempt == 3:
+                        raise
+                    continue
+                if queued is not None:
+                    queued.superseded_by = run
+                    queued.save(update_fields=["superseded_by"])
+                    queued.deliveries.update(sync_run=run)
+                run.enqueue()
+                return run, False
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     @classmethod
     def request_tip(

@@ -99,11 +99,12 @@ def test_concurrent_pushes_to_one_repository_make_one_queued_run(make_repository
 
 class JoinInProgress(threading.Thread):
     """A push's transaction on another connection, stopped after its join: request_tip ran and its
-    Delivery is written, nothing is committed until release()."""
+    Delivery is written, nothing is committed until release(). With joins=False the push is the
+    first, stopped after inserting the queued run."""
 
-    def __init__(self, repository, commit: str) -> None:
+    def __init__(self, repository, commit: str, *, joins: bool = True) -> None:
         super().__init__(daemon=True)
-        self.repository, self.commit = repository, commit
+        self.repository, self.commit, self.joins = repository, commit, joins
         self.joined, self.released, self.queued = threading.Event(), threading.Event(), None
         self.error: BaseException | None = None
 
@@ -113,12 +114,12 @@ class JoinInProgress(threading.Thread):
                 self.queued, joined = SyncRun.request_tip(
                     self.repository, trigger=SyncRun.Trigger.WEBHOOK, commit=self.commit
                 )
-                assert joined
+                assert joined is self.joins
                 Delivery.objects.create(
                     repository=self.repository,
                     sync_run=self.queued,
                     after=self.commit,
-                    verdict=Delivery.Verdict.JOINED,
+                    verdict=Delivery.Verdict.JOINED if self.joins else Delivery.Verdict.QUEUED,
                     status_code=202,
                 )
                 self.joined.set()
@@ -205,6 +206,40 @@ def test_a_roll_back_supersedes_a_queued_run_with_the_join_in_progress(client, m
     assert queued.status == SyncRun.Status.SUPERSEDED
     # No delivery is left on the superseded run: the join's went with the others.
     assert set(Delivery.objects.values_list("sync_run", flat=True)) == {rolled_back[0].pk}
+
+
+@postgresql_only
+@pytest.mark.parametrize("pin_commit", [False, True], ids=["redeploy", "roll back"])
+def test_a_request_that_loses_the_insert_to_a_push_joins_or_supersedes_its_run(
+    make_repository, pin_commit
+):
+    """request() (a redeploy, a roll back, a retry, the worker's initial sync) looks for the queued
+    run under the repository's lock, but a push takes no such lock: one that queues a run between
+    that look-up and request()'s insert made the insert break the one-queued-run constraint, an
+    IntegrityError (the worker's initial sync logged it, CI 2026-11-26). It now looks again."""
+    repository = make_repository(default_branch="main")
+
+    def request():
+        return SyncRun.request(
+            repository, trigger=SyncRun.Trigger.ADMIN, commit="0" * 40, pin_commit=pin_commit
+        )
+
+    with JoinInProgress(repository, "b" * 40, joins=False) as pushed:
+        # Its look-up does not see the push's run; its insert waits for the push to commit.
+        done, answer, requester = in_thread(request, 1)
+        assert not done, "the request's insert did not wait for the push's queued run"
+    requester.join(30)
+    assert answer, "the request failed (see the thread's traceback above)"
+    run, joined = answer[0]
+    queued = SyncRun.objects.get(status=SyncRun.Status.QUEUED)
+    assert queued.pk == run.pk
+    if pin_commit:  # the roll back is the newest intent: it supersedes the push's run
+        assert not joined and run.pk != pushed.queued.pk and run.pin_commit
+        assert SyncRun.objects.get(pk=pushed.queued.pk).status == SyncRun.Status.SUPERSEDED
+        assert set(Delivery.objects.values_list("sync_run", flat=True)) == {run.pk}
+    else:  # a redeploy of the tip joins the push's run
+        assert joined and run.pk == pushed.queued.pk
+    assert SyncRun.objects.count() == (2 if pin_commit else 1)
 
 
 def test_a_connection_the_database_dropped_is_replaced_not_a_503(client, make_repository):
