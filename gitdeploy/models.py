@@ -230,7 +230,8 @@ class Repository(models.Model):
         """The first deploy, asked for by every worker when it starts: only for an enabled
         repository that nothing was ever deployed to and that has no run queued or running.
         Checked under the repository's row lock, so several workers starting together queue one
-        run (and the one-queued-run constraint stands behind that)."""
+        run (and the one-queued-run constraint stands behind that). A push takes no such lock:
+        one that queues a run meanwhile is joined (request() looks again)."""
         with transaction.atomic():
             Repository.objects.select_for_update(no_key=True).filter(pk=self.pk).first()
             fresh = Repository.objects.filter(pk=self.pk, enabled=True).first()
