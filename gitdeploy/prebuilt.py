@@ -147,8 +147,19 @@ class Table:
         return f"{self.insert_columns} VALUES ({', '.join(['%s'] * len(self.insert_fields))})"
 
 
-def table(model: type[models.Model]) -> Table:
-    return _table(model, connection.alias, connection.vendor)
+def table(model: type[models.Model], database: Any = None) -> Table:
+    """model's statements for the database of `database` (a connection; by default this
+    thread's)."""
+    if database is None:
+        database = _this_threads_connection()
+    return _table(model, database.alias, database.vendor)
+
+
+def _this_threads_connection() -> Any:
+    """The default database's connection of this thread. `django.db.connection` is a proxy that
+    looks it up again at every attribute; the field methods called per value (get_db_prep_save,
+    the converters) read several: 59 look-ups a push, 25 once these found it once (cProfile)."""
+    return connections[DEFAULT_DB_ALIAS]
 
 
 @functools.cache
@@ -178,18 +189,10 @@ def _table(model: type[models.Model], alias: str, vendor: str) -> Table:
     )
 
 
-def _this_threads_connection() -> Any:
-    """The default database's connection of this thread. `django.db.connection` is a proxy that
-    looks it up again at every attribute; the field methods called per value (get_db_prep_save,
-    the converters) read several, and those look-ups were a tenth of a webhook's CPU in the web
-    process. What the proxy would find each time, found once."""
-    return connections[DEFAULT_DB_ALIAS]
-
-
 def from_row(model: type[ModelT], row: Sequence[Any]) -> ModelT:
     """A model instance from a row of table(model).columns, as a queryset would build it."""
     database = _this_threads_connection()
-    spec = _table(model, database.alias, database.vendor)
+    spec = table(model, database)
     values = list(row[: len(spec.attnames)])
     for index, col, converters in spec.converters:
         for convert in converters:
@@ -240,7 +243,7 @@ def insert_values(instance: models.Model, computed: Collection[str] = ()) -> lis
     database = _this_threads_connection()
     return [
         f.get_db_prep_save(f.pre_save(instance, True), database)
-        for f in _table(type(instance), database.alias, database.vendor).insert_fields
+        for f in table(type(instance), database).insert_fields
         if f.attname not in computed
     ]
 

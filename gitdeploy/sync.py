@@ -1169,26 +1169,36 @@ def _sync_atomic(s: _Session) -> SyncResult:
     return SyncResult(branch, s.previous, sha, code, release)
 
 
+def _worktree_records(store: str, name: str) -> list[tuple[str, str]]:
+    """(directory, text) for each of the store's worktree directories (`<store>/worktrees/*`,
+    git's records of its worktrees) that holds a readable file `name`, in name order."""
+    worktrees = os.path.join(store, "worktrees")
+    try:
+        directories = sorted(os.path.join(worktrees, entry) for entry in os.listdir(worktrees))
+    except OSError:
+        return []
+    found = []
+    for directory in directories:
+        try:
+            with open(os.path.join(directory, name), encoding="utf-8") as record:
+                found.append((directory, record.read().strip()))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
 def _worktree_serving(store: str, release: str) -> str:
     """The store's worktree directory whose record (its gitdir file, which git keeps) names
     release: `<store>/worktrees/<sha>` as `worktree add` names it, or another one it named when
     that name was taken. "" for none."""
     wanted = os.path.realpath(os.path.join(release, ".git"))
-    worktrees = os.path.join(store, "worktrees")
-    usual = os.path.join(worktrees, os.path.basename(release))
-    try:
-        others = sorted(os.path.join(worktrees, name) for name in os.listdir(worktrees))
-    except OSError:
-        return ""
-    for candidate in [usual, *others]:
-        try:
-            with open(os.path.join(candidate, "gitdir"), encoding="utf-8") as record:
-                named = record.read().strip()
-        except (OSError, ValueError):
-            continue
-        if named and os.path.realpath(named) == wanted:
-            return candidate
-    return ""
+    serving = [
+        directory
+        for directory, named in _worktree_records(store, "gitdir")
+        if named and os.path.realpath(named) == wanted
+    ]
+    usual = os.path.join(store, "worktrees", os.path.basename(release))
+    return usual if usual in serving else next(iter(serving), "")
 
 
 def _prune_releases(s: _Session, store: _Repo, releases: str, keep: set[str]) -> None:
@@ -1215,22 +1225,14 @@ def _remove_abandoned_worktrees(store: str) -> bool:
     left locked ("initializing"): `worktree prune` keeps locked ones, for ever. The caller holds
     the repository's lock, so no `worktree add` is running; a release reused after such an add
     was unlocked when it was reused (_sync_atomic). True when one was removed."""
-    worktrees = os.path.join(store, "worktrees")
-    try:
-        names = os.listdir(worktrees)
-    except OSError:
-        return False
-    removed = False
-    for name in names:
-        try:
-            with open(os.path.join(worktrees, name, "locked"), encoding="utf-8") as lock:
-                reason = lock.read().strip()
-        except (OSError, ValueError):
-            continue
-        if reason == "initializing":
-            shutil.rmtree(os.path.join(worktrees, name), ignore_errors=True)
-            removed = True
-    return removed
+    abandoned = [
+        directory
+        for directory, reason in _worktree_records(store, "locked")
+        if reason == "initializing"
+    ]
+    for directory in abandoned:
+        shutil.rmtree(directory, ignore_errors=True)
+    return bool(abandoned)
 
 
 # --------------------------------------------------------------------------------------------------
